@@ -1,0 +1,327 @@
+//! Output manifests: the sidecar lists what the logic wrote (path, size,
+//! checksum); the executor reads only what is listed, and verifies size and
+//! checksum as it reads, so a truncated or swapped file is an error, never a
+//! result.
+
+use std::fs::File;
+use std::io::{self, Read, Seek};
+use std::path::{Path, PathBuf};
+
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::record::OutputFile;
+use crate::safepath::{self, PathError};
+
+/// The checksum algorithm's prefix in [`OutputFile::checksum`].
+pub const CHECKSUM_PREFIX: &str = "xxh3-64:";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    #[error("output {path} is a {kind}; outputs must be regular files")]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error(
+        "output {path}: {got} bytes read, the manifest says {want} (incomplete or changed output)"
+    )]
+    SizeMismatch { path: String, got: u64, want: u64 },
+    #[error("output {path}: checksum {got} does not match the manifest's {want}")]
+    ChecksumMismatch {
+        path: String,
+        got: String,
+        want: String,
+    },
+}
+
+/// A streaming checksum in the manifest's format.
+#[derive(Default)]
+pub struct Checksum(Xxh3);
+
+impl std::fmt::Debug for Checksum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Checksum")
+    }
+}
+
+impl Checksum {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+    pub fn finish(&self) -> String {
+        format!("{CHECKSUM_PREFIX}{:016x}", self.0.digest())
+    }
+}
+
+/// The checksum of a whole file.
+pub fn checksum_file(path: &Path) -> Result<(u64, String), io::Error> {
+    let mut f = File::open(path)?;
+    let mut sum = Checksum::default();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        sum.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((n, sum.finish()))
+}
+
+/// Lists every file under `output_dir` (recursively, sorted, dot-files
+/// skipped) with size and checksum. Symlinks and special files are refused:
+/// the executor would refuse to read them anyway, and saying so here puts
+/// the reason in the task's outcome.
+pub fn scan(output_dir: &Path) -> Result<Vec<OutputFile>, ManifestError> {
+    scan_with(output_dir, false)
+}
+
+/// [`scan`], optionally leaving FIFOs out instead of refusing them: in
+/// stream mode the executor makes `output/part.<ext>` a FIFO, which carries
+/// the output and is not a file to list.
+pub fn scan_with(output_dir: &Path, skip_fifos: bool) -> Result<Vec<OutputFile>, ManifestError> {
+    let mut out = Vec::new();
+    scan_into(output_dir, "", skip_fifos, &mut out)?;
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+fn scan_into(
+    dir: &Path,
+    prefix: &str,
+    skip_fifos: bool,
+    out: &mut Vec<OutputFile>,
+) -> Result<(), ManifestError> {
+    let io = |source, path: &Path| ManifestError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && prefix.is_empty() => return Ok(()),
+        Err(e) => return Err(io(e, dir)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| io(e, dir))?;
+        let name = entry.file_name();
+        if crate::layout::is_hidden(&name) {
+            continue;
+        }
+        let path = entry.path();
+        let Some(name) = name.to_str() else {
+            return Err(ManifestError::NotRegular {
+                path,
+                kind: "file with a non-UTF-8 name",
+            });
+        };
+        let rel = if prefix.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let ft = entry.file_type().map_err(|e| io(e, &path))?;
+        if ft.is_dir() {
+            scan_into(&path, &rel, skip_fifos, out)?;
+        } else if skip_fifos && std::os::unix::fs::FileTypeExt::is_fifo(&ft) {
+            continue;
+        } else if ft.is_file() {
+            let (bytes, checksum) = checksum_file(&path).map_err(|e| io(e, &path))?;
+            out.push(OutputFile {
+                path: rel,
+                bytes,
+                checksum,
+            });
+        } else {
+            let kind = if ft.is_symlink() {
+                "symbolic link"
+            } else {
+                "special file (FIFO, socket or device)"
+            };
+            return Err(ManifestError::NotRegular { path, kind });
+        }
+    }
+    Ok(())
+}
+
+/// A reader over one listed output that checks size and checksum. Call
+/// [`VerifiedReader::finish`] after consuming: it reads any rest and fails
+/// if the bytes are not exactly the ones the manifest lists.
+#[derive(Debug)]
+pub struct VerifiedReader {
+    file: File,
+    entry: OutputFile,
+    sum: Checksum,
+    read: u64,
+}
+
+impl VerifiedReader {
+    /// Opens `output_dir/entry.path` safely ([`safepath::open_beneath`]).
+    pub fn open(output_dir: &Path, entry: &OutputFile) -> Result<Self, ManifestError> {
+        let file = safepath::open_beneath(output_dir, &entry.path)?;
+        Ok(Self {
+            file,
+            entry: entry.clone(),
+            sum: Checksum::default(),
+            read: 0,
+        })
+    }
+
+    pub fn entry(&self) -> &OutputFile {
+        &self.entry
+    }
+
+    /// Opens the output and verifies all of it, then rewinds: the reader
+    /// returned reads it again from the start, verifying again (the file
+    /// is the sidecar's to change), so a truncated or swapped output fails
+    /// before any of its bytes are used. One open serves both passes.
+    pub fn open_verified(output_dir: &Path, entry: &OutputFile) -> Result<Self, ManifestError> {
+        let mut reader = Self::open(output_dir, entry)?;
+        reader.verify_rest()?;
+        reader.file.rewind().map_err(|source| ManifestError::Io {
+            path: PathBuf::from(&entry.path),
+            source,
+        })?;
+        reader.sum = Checksum::default();
+        reader.read = 0;
+        Ok(reader)
+    }
+
+    /// Drains the rest and verifies size and checksum.
+    pub fn finish(mut self) -> Result<(), ManifestError> {
+        self.verify_rest()
+    }
+
+    fn verify_rest(&mut self) -> Result<(), ManifestError> {
+        io::copy(self, &mut io::sink()).map_err(|source| ManifestError::Io {
+            path: PathBuf::from(&self.entry.path),
+            source,
+        })?;
+        if self.read != self.entry.bytes {
+            return Err(ManifestError::SizeMismatch {
+                path: self.entry.path.clone(),
+                got: self.read,
+                want: self.entry.bytes,
+            });
+        }
+        let got = self.sum.finish();
+        if got != self.entry.checksum {
+            return Err(ManifestError::ChecksumMismatch {
+                path: self.entry.path.clone(),
+                got,
+                want: self.entry.checksum.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Read for VerifiedReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Never read past the listed size: a file still growing is caught
+        // by the size check, not by reading unbounded data.
+        let left = (self.entry.bytes + 1).saturating_sub(self.read);
+        let cap = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.file.read(&mut buf[..cap])?;
+        self.sum.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_lists_and_verify_catches_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        std::fs::write(out.join("b.csv"), b"x,y\n1,2\n").unwrap();
+        std::fs::create_dir(out.join("sub")).unwrap();
+        std::fs::write(out.join("sub/a.csv"), b"z\n").unwrap();
+        std::fs::write(out.join(".tmp"), b"ignored").unwrap();
+        let m = scan(out).unwrap();
+        let paths: Vec<_> = m.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["b.csv", "sub/a.csv"]);
+        assert_eq!(m[0].bytes, 8);
+        assert!(m[0].checksum.starts_with(CHECKSUM_PREFIX));
+
+        let mut r = VerifiedReader::open(out, &m[0]).unwrap();
+        let mut s = String::new();
+        r.read_to_string(&mut s).unwrap();
+        r.finish().unwrap();
+
+        std::fs::write(out.join("b.csv"), b"x,y\n1,3\n").unwrap();
+        let e = VerifiedReader::open(out, &m[0])
+            .unwrap()
+            .finish()
+            .unwrap_err();
+        assert!(matches!(e, ManifestError::ChecksumMismatch { .. }), "{e}");
+        std::fs::write(out.join("b.csv"), b"x,y\n").unwrap();
+        let e = VerifiedReader::open(out, &m[0])
+            .unwrap()
+            .finish()
+            .unwrap_err();
+        assert!(e.to_string().contains("incomplete"), "{e}");
+    }
+
+    #[test]
+    fn open_verified_checks_before_the_first_byte_and_again_while_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        std::fs::write(out.join("b.csv"), b"x,y\n1,2\n").unwrap();
+        let m = scan(out).unwrap();
+        let mut r = VerifiedReader::open_verified(out, &m[0]).unwrap();
+        let mut s = String::new();
+        r.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "x,y\n1,2\n", "the rewound reader reads it all");
+        r.finish().unwrap();
+
+        // Changed before the open: refused before any byte is handed out.
+        std::fs::write(out.join("b.csv"), b"x,y\n1,3\n").unwrap();
+        let e = VerifiedReader::open_verified(out, &m[0]).unwrap_err();
+        assert!(matches!(e, ManifestError::ChecksumMismatch { .. }), "{e}");
+
+        // Changed in place between the two passes: the second one sees it.
+        std::fs::write(out.join("b.csv"), b"x,y\n1,2\n").unwrap();
+        let r = VerifiedReader::open_verified(out, &m[0]).unwrap();
+        std::fs::write(out.join("b.csv"), b"x,y\n9,9\n").unwrap();
+        let e = r.finish().unwrap_err();
+        assert!(matches!(e, ManifestError::ChecksumMismatch { .. }), "{e}");
+    }
+
+    #[test]
+    fn scan_with_skips_fifos_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("extra.txt"), b"x").unwrap();
+        let fifo = std::ffi::CString::new(
+            dir.path()
+                .join("part.csv")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let e = scan(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("part.csv") && e.contains("special file"), "{e}");
+        let m = scan_with(dir.path(), true).unwrap();
+        let paths: Vec<_> = m.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["extra.txt"]);
+    }
+
+    #[test]
+    fn scan_refuses_links() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("part.csv")).unwrap();
+        let e = scan(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("part.csv") && e.contains("symbolic link"), "{e}");
+    }
+}
