@@ -1,0 +1,372 @@
+//! # sidecar-entrypoint
+//!
+//! The sidecar container's ENTRYPOINT (usually PID 1). It waits for flags on
+//! the shared volume, runs the user logic, and reports how it really ended.
+//!
+//! ```text
+//! sidecar-entrypoint [OPTIONS] -- COMMAND [ARGS...]
+//! sidecar-entrypoint [OPTIONS] -c "COMMAND LINE"     (Foundry form; `entrypoint -c ...` works too)
+//! sidecar-entrypoint check [--volume DIR] [-- COMMAND... | -c LINE]
+//! ```
+//!
+//! ## Modes
+//!
+//! * **oneshot** (default; a drop-in for the Foundry example's
+//!   `entrypoint.py`). The volume root is the task directory. Waits for
+//!   `start_flag` (inotify, armed before the existence check; no deadline),
+//!   parses it as a task spec when it is not empty, runs the command in the
+//!   volume with `$SHARED_DIR` set to it, writes the combined output to
+//!   `logfile` as real lines each prefixed with an RFC 3339 UTC timestamp
+//!   (and echoes them to stdout), writes `done_flag` (the outcome JSON, also
+//!   when the command failed or could not start), waits for `close_flag`,
+//!   and exits with the command's status.
+//! * **serve**. Writes `sidecar/ready` once init scripts ran and the
+//!   heartbeat (`sidecar/heartbeat`, every `--heartbeat`) started; runs every
+//!   `tasks/<id>/start_flag` it sees, at most `--parallel` at once, each
+//!   through [`sidecar_core::protocol::drive`]; stops a task on its
+//!   `cancel_flag`, its deadline, a stale `executor/lease` or our own
+//!   SIGTERM; removes a task directory after its `close_flag`; drains and
+//!   exits 0 on the root `close_flag`. A task whose `done_flag` already
+//!   exists (a restarted sidecar) is never run again, only closed.
+//!
+//! Discovery in serve mode is a recursive inotify watch on `tasks/` plus a
+//! rescan on every event and tick: a file created in a new directory before
+//! its watch is in place makes no event, so while some task directory has
+//! no start flag yet the loop looks again every `--poll`.
+//!
+//! ## The user logic's contract (serve)
+//!
+//! Runs once per task in the task directory, in its own process group, with
+//! `SIDECAR_TASK_ID`, `SIDECAR_TASK_DIR`, `SIDECAR_INPUT_DIR`,
+//! `SIDECAR_OUTPUT_DIR`, `SIDECAR_INPUT`, `SIDECAR_OUTPUT`,
+//! `SIDECAR_PROGRESS`, `SHARED_DIR` and the spec's `env`. stdout and stderr
+//! go to the task's `stdout` and `stderr` files. Exit 0 is success. When the
+//! logic exits, anything it left running in its process group is killed.
+//!
+//! ## Theory of operation: PID 1 duties
+//!
+//! `main` is synchronous. It first makes the process a child subreaper
+//! (`PR_SET_CHILD_SUBREAPER`, unless it is PID 1 already), so orphans of the
+//! logic are re-parented to it wherever it runs; then it sets up logging and
+//! builds the tokio runtime. One reaper ([`supervisor`]) owns `wait`: it
+//! reaps every zombie and hands exits (with CPU time and peak RSS from
+//! `wait4`'s rusage) to their waiters. Children are started in their own
+//! process group with `setpgid` (never `setsid`: seccomp profiles such as
+//! Foundry's kill it).
+//!
+//! On SIGTERM or SIGINT it forwards the signal to every running logic's
+//! process group, sends SIGKILL after `--grace`, records the outcome
+//! (`done_flag` with status `cancelled`, the reason naming the signal), kills
+//! every remaining descendant (found through `/proc`), and exits 128+signal.
+//! No descendant outlives it, whatever the exit path.
+//!
+//! ## Exit codes
+//!
+//! | code    | meaning |
+//! |---------|---------|
+//! | 0       | the command succeeded (oneshot); a clean drain or orphan exit (serve); `check` found no FAIL |
+//! | 1–125   | the command's own exit status (oneshot); `check`: 1 when a check FAILed |
+//! | 2       | usage error (bad flags) |
+//! | 70      | internal or protocol error: volume missing, a flag that cannot be written, an invalid `start_flag` (oneshot) |
+//! | 71      | an init script failed |
+//! | 126     | the command exists but cannot be executed (oneshot) |
+//! | 127     | the command was not found (oneshot) |
+//! | 128+N   | the command was killed by signal N (oneshot), or we were stopped by signal N |
+//!
+//! [`exit_code`] is the one place that maps outcomes to these codes.
+//!
+//! ## Starting from an init script (Databricks)
+//!
+//! Databricks ignores an image's ENTRYPOINT and CMD. Start the sidecar from
+//! a cluster init script instead; it becomes a subreaper of its own
+//! process tree, so orphans of the logic are still reaped:
+//!
+//! ```sh
+//! nohup sidecar-entrypoint --mode serve --volume /local_disk0/sidecar \
+//!     --exit-on-orphan -- /opt/logic/run.sh >/tmp/sidecar.log 2>&1 &
+//! ```
+//!
+//! See `README.md` for details.
+//!
+//! ## Known problems
+//!
+//! * Network and FUSE filesystems may deliver no inotify events; waits then
+//!   complete at the recheck tick. Use `--watch poll --poll 50ms` there;
+//!   `check` tells whether events arrive.
+//! * Without `/bin/sh`, `-c` lines are split with shell quoting rules but
+//!   `$VARIABLES` are not expanded.
+//! * `docker stop` kills PID 1 ten seconds after its SIGTERM: with the
+//!   default `--grace 10s` a logic that ignores SIGTERM may not get its
+//!   outcome recorded. Use `docker stop -t 15` or a shorter `--grace`.
+//! * A sidecar restarted mid-task runs that task again (at least once);
+//!   a finished one is not re-run.
+//!
+//! ## Example
+//!
+//! ```sh
+//! # Foundry image: ENTRYPOINT entrypoint -c "dd if=$SHARED_DIR/infile.csv of=$SHARED_DIR/outfile.csv"
+//! sidecar-entrypoint --volume /tmp/v -c 'dd if=$SHARED_DIR/infile.csv of=$SHARED_DIR/outfile.csv' &
+//! touch /tmp/v/start_flag; # ... wait for /tmp/v/done_flag, read outfile.csv ...
+//! touch /tmp/v/close_flag  # the entrypoint exits with dd's status
+//! ```
+
+mod check;
+mod cli;
+mod flags;
+mod init;
+mod oneshot;
+mod output;
+mod serve;
+mod supervisor;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::sync::watch;
+
+use crate::cli::{Cli, LogFormat, Mode, Sub};
+use crate::supervisor::{ExitInfo, Supervisor};
+
+/// How the entrypoint ends; [`exit_code`] turns it into the process status.
+#[derive(Debug)]
+pub enum End {
+    /// Everything went as asked.
+    Success,
+    /// The command ended like this (oneshot).
+    Child(ExitInfo),
+    /// We were stopped by this signal.
+    Signalled(i32),
+    /// The command could not be started.
+    SpawnFailed(std::io::ErrorKind),
+    /// Bad command line.
+    Usage(String),
+    /// An init script failed.
+    InitFailed(anyhow::Error),
+    /// `check` found a FAIL.
+    CheckFailed,
+    /// Anything else that stopped us.
+    Internal(anyhow::Error),
+}
+
+/// The exit-code table (see the crate docs).
+pub fn exit_code(end: &End) -> u8 {
+    let clamp = |c: i32| u8::try_from(c.clamp(0, 255)).unwrap_or(255);
+    match end {
+        End::Success => 0,
+        End::Child(exit) => match (exit.code, exit.signal) {
+            (Some(c), _) => clamp(c),
+            (None, Some(s)) => clamp(128 + s),
+            (None, None) => 70,
+        },
+        End::Signalled(s) => clamp(128 + s),
+        End::SpawnFailed(kind) => match kind {
+            std::io::ErrorKind::NotFound => 127,
+            _ => 126,
+        },
+        End::Usage(_) => 2,
+        End::InitFailed(_) => 71,
+        End::CheckFailed => 1,
+        End::Internal(_) => 70,
+    }
+}
+
+/// What every part of a run shares.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub sup: Supervisor,
+    /// Set to the signal number when SIGTERM or SIGINT arrives.
+    pub shutdown: watch::Receiver<Option<i32>>,
+    pub grace: Duration,
+}
+
+impl Ctx {
+    /// The signal that asked us to stop, if one did.
+    pub fn signalled(&self) -> Option<i32> {
+        *self.shutdown.borrow()
+    }
+
+    /// Resolves when a stop signal arrives.
+    pub async fn shutdown_signal(&self) -> i32 {
+        let mut rx = self.shutdown.clone();
+        loop {
+            if let Some(s) = *rx.borrow_and_update() {
+                return s;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// [`Ctx::shutdown_signal`] as a cancellation: the reason names the
+    /// signal, which is forwarded to the logic.
+    pub async fn shutdown_cancel(&self) -> supervisor::Cancel {
+        let s = self.shutdown_signal().await;
+        supervisor::Cancel {
+            reason: format!(
+                "the sidecar entrypoint received {}",
+                supervisor::signal_name(s)
+            ),
+            signal: nix::sys::signal::Signal::try_from(s)
+                .unwrap_or(nix::sys::signal::Signal::SIGTERM),
+        }
+    }
+
+    /// [`Ctx::shutdown_cancel`]'s reason only.
+    pub async fn shutdown_reason(&self) -> String {
+        self.shutdown_cancel().await.reason
+    }
+}
+
+fn become_subreaper() {
+    if std::process::id() == 1 {
+        return;
+    }
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if r != 0 {
+        eprintln!(
+            "sidecar-entrypoint: warning: cannot become a child subreaper ({}); orphans of the logic will not be reaped by us",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SIDECAR_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn main() -> ExitCode {
+    become_subreaper();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit_code(&End::Usage(e.to_string()))
+            } else {
+                0
+            });
+        }
+    };
+    init_logging(cli.run.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sidecar-entrypoint: cannot start the runtime: {e}");
+            return ExitCode::from(exit_code(&End::Internal(e.into())));
+        }
+    };
+    let end = rt.block_on(run(cli));
+    match &end {
+        End::Usage(msg) => eprintln!("sidecar-entrypoint: {msg}"),
+        End::InitFailed(e) | End::Internal(e) => tracing::error!("{e:#}"),
+        _ => {}
+    }
+    let code = exit_code(&end);
+    tracing::debug!(?end, code, "exiting");
+    // Do not wait for blocked threads (a stuck output pump, the watcher).
+    rt.shutdown_timeout(Duration::from_millis(100));
+    ExitCode::from(code)
+}
+
+async fn run(cli: Cli) -> End {
+    let sup = Supervisor::new();
+    let reaper = tokio::spawn(sup.clone().run_reaper());
+    let (tx, rx) = watch::channel(None);
+    for kind in [
+        tokio::signal::unix::SignalKind::terminate(),
+        tokio::signal::unix::SignalKind::interrupt(),
+        tokio::signal::unix::SignalKind::hangup(),
+    ] {
+        match tokio::signal::unix::signal(kind) {
+            Ok(mut s) => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    if s.recv().await.is_some() {
+                        tracing::info!("received {}", supervisor::signal_name(kind.as_raw_value()));
+                        let _ = tx.send(Some(kind.as_raw_value()));
+                    }
+                });
+            }
+            Err(e) => tracing::warn!("cannot handle signal {}: {e}", kind.as_raw_value()),
+        }
+    }
+    let ctx = Ctx {
+        sup: sup.clone(),
+        shutdown: rx,
+        grace: cli.run.grace,
+    };
+    let end = match cli.sub {
+        Some(Sub::Check(args)) => check::run(&ctx, &args).await,
+        None => match cli.run.command.resolve() {
+            Err(msg) => End::Usage(msg),
+            Ok(cmd) => match cli.run.mode {
+                Mode::Oneshot => oneshot::run(&ctx, &cli.run, cmd).await,
+                Mode::Serve => serve::run(&ctx, &cli.run, cmd).await,
+            },
+        },
+    };
+    let end = match (ctx.signalled(), end) {
+        // A usage error or an init failure is still the truth; otherwise a
+        // stop signal decides the exit status.
+        (Some(s), End::Success | End::Child(_) | End::Internal(_) | End::InitFailed(_)) => {
+            End::Signalled(s)
+        }
+        (_, end) => end,
+    };
+    let killed = sup.kill_descendants(Duration::from_secs(5)).await;
+    if killed > 0 {
+        tracing::info!(killed, "killed remaining descendants");
+    }
+    reaper.abort();
+    end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_code_table() {
+        let exit = |code, signal| ExitInfo {
+            code,
+            signal,
+            cpu_ms: 0,
+            max_rss_kib: 0,
+        };
+        let cases: Vec<(End, u8)> = vec![
+            (End::Success, 0),
+            (End::Child(exit(Some(0), None)), 0),
+            (End::Child(exit(Some(3), None)), 3),
+            (End::Child(exit(None, Some(9))), 137),
+            (End::Signalled(15), 143),
+            (End::Signalled(2), 130),
+            (End::SpawnFailed(std::io::ErrorKind::NotFound), 127),
+            (End::SpawnFailed(std::io::ErrorKind::PermissionDenied), 126),
+            (End::Usage("x".into()), 2),
+            (End::InitFailed(anyhow::anyhow!("x")), 71),
+            (End::CheckFailed, 1),
+            (End::Internal(anyhow::anyhow!("x")), 70),
+        ];
+        for (end, want) in cases {
+            assert_eq!(exit_code(&end), want, "{end:?}");
+        }
+    }
+}

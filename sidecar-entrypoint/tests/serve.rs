@@ -1,0 +1,551 @@
+//! serve mode through the real binary: many tasks, their flags, and every
+//! way a task or the sidecar ends.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use sidecar_core::liveness::Beater;
+use util::{processes_with, wait_until, Dir, Sidecar, LONG};
+
+/// Writes `body` as a shell script outside the volume and returns its path.
+fn script(dir: &Dir, name: &str, body: &str) -> PathBuf {
+    let p = dir.logs().join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+fn serve(dir: &Dir, extra: &[&str], logic: &Path) -> Sidecar {
+    let mut args = vec!["--mode", "serve"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", logic.to_str().unwrap()]);
+    let s = Sidecar::start(dir, &args);
+    dir.wait_for("sidecar/ready");
+    s
+}
+
+fn stage(dir: &Dir, id: &str, input: &str, spec: &str) {
+    dir.write(&format!("tasks/{id}/input/part.csv"), input);
+    dir.write(&format!("tasks/{id}/start_flag"), spec);
+}
+
+fn done(dir: &Dir, id: &str) -> Value {
+    dir.wait_json(&format!("tasks/{id}/done_flag"))
+}
+
+fn reason(v: &Value) -> &str {
+    v["reason"].as_str().unwrap_or("")
+}
+
+#[test]
+fn tasks_run_concurrently_with_their_environment() {
+    let dir = Dir::new();
+    let logic = script(
+        &dir,
+        "logic.sh",
+        r#"set -e
+mkdir -p "$SHARED_DIR/running"; touch "$SHARED_DIR/running/$SIDECAR_TASK_ID"
+i=0; while [ "$(ls "$SHARED_DIR/running" | wc -l)" -lt 2 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+ls "$SHARED_DIR/running" | wc -l >> "$SHARED_DIR/concurrency"
+sleep 0.3
+rm "$SHARED_DIR/running/$SIDECAR_TASK_ID"
+env | grep -E '^(SIDECAR_(TASK_ID|TASK_DIR|INPUT|INPUT_DIR|OUTPUT|OUTPUT_DIR|PROGRESS)|SHARED_DIR|CUSTOM)=' | sort
+echo "pwd=$(pwd)"
+tr a-z A-Z < "$SIDECAR_INPUT" > "$SIDECAR_OUTPUT"
+echo "progress 1/1" >> "$SIDECAR_PROGRESS"
+echo "stderr of $SIDECAR_TASK_ID" >&2
+"#,
+    );
+    let sidecar = serve(&dir, &["--parallel", "2"], &logic);
+    let ready: Value = serde_json::from_str(&dir.read("sidecar/ready")).unwrap();
+    assert_eq!(ready["parallelism"], 2, "{ready}");
+    assert_eq!(ready["protocol"], 1);
+    assert_eq!(ready["pid"], sidecar.pid());
+    let ids = ["p0-a0", "p1-a0", "p2-a0", "p3-a0"];
+    for id in ids {
+        stage(
+            &dir,
+            id,
+            &format!("row of {id}\n"),
+            r#"{"input":{"format":"csv"},"env":{"CUSTOM":"yes"}}"#,
+        );
+    }
+    for id in ids {
+        let d = done(&dir, id);
+        assert_eq!(d["status"], "succeeded", "{d:#}");
+        assert_eq!(d["task_id"], id);
+        let outputs = d["outputs"].as_array().unwrap();
+        assert_eq!(outputs.len(), 1, "{d:#}");
+        assert_eq!(outputs[0]["path"], "part.csv");
+        let want = format!("ROW OF {}\n", id.to_uppercase());
+        assert_eq!(outputs[0]["bytes"], want.len());
+        assert_eq!(dir.read(&format!("tasks/{id}/output/part.csv")), want);
+        assert_eq!(d["stderr_tail"], format!("stderr of {id}\n"));
+        assert_eq!(
+            dir.read(&format!("tasks/{id}/stderr")),
+            format!("stderr of {id}\n")
+        );
+        let task = dir.join(&format!("tasks/{id}"));
+        let t = task.display();
+        let want_env = format!(
+            "CUSTOM=yes\nSHARED_DIR={v}\nSIDECAR_INPUT={t}/input/part.csv\nSIDECAR_INPUT_DIR={t}/input\n\
+             SIDECAR_OUTPUT={t}/output/part.csv\nSIDECAR_OUTPUT_DIR={t}/output\nSIDECAR_PROGRESS={t}/progress\n\
+             SIDECAR_TASK_DIR={t}\nSIDECAR_TASK_ID={id}\npwd={t}\n",
+            v = dir.path().display()
+        );
+        assert_eq!(dir.read(&format!("tasks/{id}/stdout")), want_env);
+        assert_eq!(dir.read(&format!("tasks/{id}/progress")), "progress 1/1\n");
+    }
+    let counts: Vec<u32> = dir
+        .read("concurrency")
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert_eq!(counts.len(), 4);
+    assert!(
+        counts.iter().all(|&c| c <= 2),
+        "more than --parallel at once: {counts:?}"
+    );
+    assert!(counts.contains(&2), "never two at once: {counts:?}");
+    for id in ids {
+        dir.touch(&format!("tasks/{id}/close_flag"));
+    }
+    for id in ids {
+        let task = dir.join(&format!("tasks/{id}"));
+        wait_until(&format!("{} to be removed", task.display()), LONG, || {
+            !task.exists()
+        });
+    }
+    dir.touch("close_flag");
+    let ended = sidecar.wait(LONG);
+    assert_eq!(ended.code(), Some(0), "{}", ended.stderr);
+}
+
+#[test]
+fn cancel_flag_stops_the_task() {
+    let dir = Dir::new();
+    let logic = script(&dir, "logic.sh", "echo started\nexec sleep 60\n");
+    let sidecar = serve(&dir, &["--grace", "1s"], &logic);
+    stage(&dir, "p0-a0", "x\n", "");
+    wait_until("the logic to start", LONG, || {
+        std::fs::read_to_string(dir.join("tasks/p0-a0/stdout")).is_ok_and(|s| s.contains("started"))
+    });
+    dir.touch("tasks/p0-a0/cancel_flag");
+    let d = done(&dir, "p0-a0");
+    assert_eq!(d["status"], "cancelled", "{d:#}");
+    assert_eq!(d["signal"], 15, "{d:#}");
+    assert!(reason(&d).contains("cancel_flag"), "{d:#}");
+    let marker = sidecar.marker.clone();
+    dir.touch("close_flag");
+    assert_eq!(sidecar.wait(LONG).code(), Some(0));
+    assert!(processes_with(&marker).is_empty());
+}
+
+#[test]
+fn timeout_kills_after_the_grace() {
+    let dir = Dir::new();
+    // Ignores TERM: only KILL ends it.
+    let logic = script(
+        &dir,
+        "logic.sh",
+        "trap '' TERM\necho started\nwhile :; do sleep 0.1; done\n",
+    );
+    let sidecar = serve(&dir, &["--timeout", "500ms", "--grace", "1s"], &logic);
+    stage(&dir, "p0-a0", "x\n", "");
+    let d = done(&dir, "p0-a0");
+    assert_eq!(d["status"], "timed_out", "{d:#}");
+    assert_eq!(d["signal"], 9, "{d:#}");
+    assert!(reason(&d).contains("timed out after 500ms"), "{d:#}");
+    assert!(
+        d["duration_ms"].as_u64().unwrap() >= 1400,
+        "KILL came before the grace: {d:#}"
+    );
+    // A spec's timeout_ms takes precedence over --timeout.
+    let logic_ok = "p1-a0";
+    dir.write(&format!("tasks/{logic_ok}/input/part.csv"), "x\n");
+    dir.write(
+        &format!("tasks/{logic_ok}/start_flag"),
+        r#"{"timeout_ms": 200}"#,
+    );
+    let d = done(&dir, logic_ok);
+    assert!(reason(&d).contains("timed out after 200ms"), "{d:#}");
+    dir.touch("close_flag");
+    assert_eq!(sidecar.wait(LONG).code(), Some(0));
+}
+
+#[test]
+fn bad_start_flags_fail_the_task_without_running_it() {
+    let dir = Dir::new();
+    let logic = script(&dir, "logic.sh", "touch \"$SIDECAR_TASK_DIR/ran\"\n");
+    let sidecar = serve(&dir, &[], &logic);
+    stage(&dir, "malformed", "x\n", "{\"timeout_ms\": ");
+    let mut big = String::from("{\"env\":{\"A\":\"");
+    big.push_str(&"x".repeat(2 << 20));
+    big.push_str("\"}}");
+    stage(&dir, "oversized", "x\n", &big);
+    stage(
+        &dir,
+        "escape",
+        "x\n",
+        r#"{"input":{"files":["../../../etc/passwd"]}}"#,
+    );
+    stage(&dir, "future", "x\n", r#"{"protocol": 99}"#);
+    for (id, want) in [
+        ("malformed", "malformed task spec JSON"),
+        ("oversized", "over the 1048576-byte limit"),
+        ("escape", "refused path"),
+        ("future", "protocol version 99 is not supported"),
+    ] {
+        let d = done(&dir, id);
+        assert_eq!(d["status"], "failed", "{id}: {d:#}");
+        assert!(reason(&d).contains(want), "{id}: {d:#}");
+        assert!(
+            !dir.exists(&format!("tasks/{id}/ran")),
+            "{id}: the logic ran"
+        );
+    }
+    // An invalid task directory name is skipped; the sidecar goes on.
+    dir.write("tasks/bad name/start_flag", "");
+    stage(&dir, "good", "x\n", "");
+    assert_eq!(done(&dir, "good")["status"], "succeeded");
+    assert!(!dir.exists("tasks/bad name/done_flag"));
+    dir.touch("close_flag");
+    let ended = sidecar.wait(LONG);
+    assert_eq!(ended.code(), Some(0));
+    assert!(
+        ended.stderr.contains("invalid task id \"bad name\""),
+        "{}",
+        ended.stderr
+    );
+}
+
+#[test]
+fn outputs_must_be_regular_files() {
+    let dir = Dir::new();
+    let logic = script(
+        &dir,
+        "logic.sh",
+        "case $SIDECAR_TASK_ID in\n\
+         link*) ln -s /etc/passwd \"$SIDECAR_OUTPUT\";;\n\
+         *) echo data > \"$SIDECAR_OUTPUT_DIR/extra.txt\";;\n\
+         esac\n",
+    );
+    let sidecar = serve(&dir, &[], &logic);
+    stage(&dir, "link", "x\n", r#"{"input":{"format":"csv"}}"#);
+    let d = done(&dir, "link");
+    assert_eq!(d["status"], "failed", "{d:#}");
+    assert!(
+        reason(&d).contains("part.csv") && reason(&d).contains("symbolic link"),
+        "{d:#}"
+    );
+    assert_eq!(d["outputs"], serde_json::json!([]));
+
+    // Stream tasks: the executor's FIFO at output/part.<ext> is not listed;
+    // anywhere else a FIFO is refused.
+    for (id, spec) in [("fifo-stream", r#"{"stream": true}"#), ("fifo-plain", "{}")] {
+        dir.write(&format!("tasks/{id}/input/part.arrows"), "");
+        std::fs::create_dir_all(dir.join(&format!("tasks/{id}/output"))).unwrap();
+        let fifo = dir.join(&format!("tasks/{id}/output/part.arrows"));
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        dir.write(&format!("tasks/{id}/start_flag"), spec);
+    }
+    let d = done(&dir, "fifo-stream");
+    assert_eq!(d["status"], "succeeded", "{d:#}");
+    let paths: Vec<&str> = d["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["extra.txt"]);
+    let d = done(&dir, "fifo-plain");
+    assert_eq!(d["status"], "failed", "{d:#}");
+    assert!(reason(&d).contains("special file"), "{d:#}");
+    dir.touch("close_flag");
+    assert_eq!(sidecar.wait(LONG).code(), Some(0));
+}
+
+#[test]
+fn stale_lease_cancels_tasks_and_exits_when_orphaned() {
+    let dir = Dir::new();
+    let logic = script(&dir, "logic.sh", "echo started\nexec sleep 60\n");
+    // Written once, never refreshed: the executor is gone.
+    dir.write(
+        "executor/lease",
+        r#"{"seq":0,"pid":1,"at":"2026-01-01T00:00:00Z"}"#,
+    );
+    let sidecar = serve(
+        &dir,
+        &[
+            "--lease-timeout",
+            "1s",
+            "--exit-on-orphan",
+            "--grace",
+            "1s",
+            "--parallel",
+            "2",
+        ],
+        &logic,
+    );
+    let marker = sidecar.marker.clone();
+    stage(&dir, "p0-a0", "x\n", "");
+    stage(&dir, "p1-a0", "x\n", "");
+    for id in ["p0-a0", "p1-a0"] {
+        let d = done(&dir, id);
+        assert_eq!(d["status"], "cancelled", "{d:#}");
+        assert!(reason(&d).contains("executor lease stale for"), "{d:#}");
+    }
+    let ended = sidecar.wait(LONG);
+    assert_eq!(ended.code(), Some(0), "{}", ended.stderr);
+    assert!(processes_with(&marker).is_empty());
+}
+
+#[test]
+fn a_lease_kept_fresh_keeps_tasks_alive() {
+    let dir = Dir::new();
+    let logic = script(&dir, "logic.sh", "sleep 2\necho finished\n");
+    dir.write("executor/lease", r#"{"seq":0}"#);
+    let sidecar = serve(&dir, &["--lease-timeout", "1s", "--exit-on-orphan"], &logic);
+    stage(&dir, "p0-a0", "x\n", "");
+    let beater = Beater::start(dir.join("executor/lease"), Duration::from_millis(100)).unwrap();
+    let d = done(&dir, "p0-a0");
+    assert_eq!(d["status"], "succeeded", "{d:#}");
+    dir.touch("close_flag");
+    let ended = sidecar.wait(LONG);
+    drop(beater);
+    assert_eq!(ended.code(), Some(0));
+}
+
+#[test]
+fn root_close_flag_drains_in_flight_tasks() {
+    let dir = Dir::new();
+    let logic = script(
+        &dir,
+        "logic.sh",
+        "echo started\nsleep 1\necho done > \"$SIDECAR_OUTPUT\"\n",
+    );
+    let sidecar = serve(&dir, &[], &logic);
+    stage(&dir, "p0-a0", "x\n", "");
+    wait_until("the logic to start", LONG, || {
+        std::fs::read_to_string(dir.join("tasks/p0-a0/stdout")).is_ok_and(|s| s.contains("started"))
+    });
+    dir.touch("close_flag");
+    let ended = sidecar.wait(LONG);
+    assert_eq!(ended.code(), Some(0), "{}", ended.stderr);
+    // The in-flight task finished and recorded its outcome; its directory
+    // stays for the executor to collect (no close_flag was awaited).
+    let d = done(&dir, "p0-a0");
+    assert_eq!(d["status"], "succeeded", "{d:#}");
+    assert_eq!(d["outputs"][0]["path"], "part.arrows");
+}
+
+#[test]
+fn sigterm_cancels_in_flight_tasks_and_exits_143() {
+    let dir = Dir::new();
+    let logic = script(&dir, "logic.sh", "echo started\nexec sleep 60\n");
+    let sidecar = serve(&dir, &["--grace", "1s", "--parallel", "1"], &logic);
+    let marker = sidecar.marker.clone();
+    stage(&dir, "p0-a0", "x\n", "");
+    wait_until("the logic to start", LONG, || {
+        std::fs::read_to_string(dir.join("tasks/p0-a0/stdout")).is_ok_and(|s| s.contains("started"))
+    });
+    // Queued behind the first (one slot).
+    stage(&dir, "p1-a0", "x\n", "");
+    wait_until("the second task to be discovered", LONG, || {
+        sidecar
+            .stderr_so_far()
+            .contains("task discovered task=p1-a0")
+    });
+    sidecar.signal(libc::SIGTERM);
+    let ended = sidecar.wait(LONG);
+    assert_eq!(ended.code(), Some(143), "{}", ended.stderr);
+    let d = done(&dir, "p0-a0");
+    assert_eq!(d["status"], "cancelled", "{d:#}");
+    assert_eq!(d["signal"], 15, "{d:#}");
+    assert!(reason(&d).contains("SIGTERM"), "{d:#}");
+    let d = done(&dir, "p1-a0");
+    assert_eq!(d["status"], "cancelled", "{d:#}");
+    assert!(
+        reason(&d).contains("before it started") && reason(&d).contains("SIGTERM"),
+        "{d:#}"
+    );
+    assert!(!dir.exists("tasks/p1-a0/stdout"), "the queued task ran");
+    assert!(processes_with(&marker).is_empty());
+}
+
+#[test]
+fn a_removed_task_directory_is_forgotten() {
+    let dir = Dir::new();
+    let logic = script(&dir, "logic.sh", "echo started\nexec sleep 60\n");
+    let sidecar = serve(&dir, &["--grace", "1s", "--parallel", "1"], &logic);
+    stage(&dir, "gone", "x\n", "");
+    wait_until("the logic to start", LONG, || {
+        std::fs::read_to_string(dir.join("tasks/gone/stdout")).is_ok_and(|s| s.contains("started"))
+    });
+    std::fs::remove_dir_all(dir.join("tasks/gone")).unwrap();
+    // The slot is free again: the next task runs.
+    let logic_ok = dir.join("tasks/next");
+    stage(&dir, "next", "x\n", r#"{"timeout_ms": 300}"#);
+    let d = done(&dir, "next");
+    assert_eq!(d["status"], "timed_out", "{d:#}");
+    assert!(!dir.exists("tasks/gone"), "{}", logic_ok.display());
+    dir.touch("close_flag");
+    assert_eq!(sidecar.wait(LONG).code(), Some(0));
+}
+
+#[test]
+fn heartbeat_is_refreshed() {
+    let dir = Dir::new();
+    let logic = script(&dir, "logic.sh", "true\n");
+    let sidecar = serve(&dir, &["--heartbeat", "50ms"], &logic);
+    let first = dir.read("sidecar/heartbeat");
+    wait_until("the heartbeat to change", LONG, || {
+        std::fs::read_to_string(dir.join("sidecar/heartbeat")).is_ok_and(|s| s != first)
+    });
+    let pulse: Value = serde_json::from_str(&dir.read("sidecar/heartbeat")).unwrap();
+    assert_eq!(pulse["pid"], sidecar.pid());
+    dir.touch("close_flag");
+    assert_eq!(sidecar.wait(LONG).code(), Some(0));
+}
+
+#[test]
+fn failing_init_script_means_no_ready_and_no_task() {
+    let dir = Dir::new();
+    let init = script(&dir, "init.sh", "exit 3\n");
+    let logic = script(&dir, "logic.sh", "touch \"$SIDECAR_TASK_DIR/ran\"\n");
+    stage(&dir, "p0-a0", "x\n", "");
+    let sidecar = Sidecar::start(
+        &dir,
+        &[
+            "--mode",
+            "serve",
+            "--init-script",
+            init.to_str().unwrap(),
+            "--",
+            "sh",
+            logic.to_str().unwrap(),
+        ],
+    );
+    let ended = sidecar.wait(LONG);
+    assert_eq!(ended.code(), Some(71), "{}", ended.stderr);
+    assert!(
+        ended.stderr.contains(&format!(
+            "init script {} failed with exit status 3",
+            init.display()
+        )),
+        "{}",
+        ended.stderr
+    );
+    assert!(!dir.exists("sidecar/ready"));
+    assert!(!dir.exists("tasks/p0-a0/done_flag"));
+    assert!(!dir.exists("tasks/p0-a0/ran"));
+}
+
+#[test]
+fn a_missing_program_fails_each_task_with_the_reason() {
+    let dir = Dir::new();
+    let sidecar = Sidecar::start(&dir, &["--mode", "serve", "--", "/nonexistent/logic"]);
+    dir.wait_for("sidecar/ready");
+    stage(&dir, "p0-a0", "x\n", "");
+    let d = done(&dir, "p0-a0");
+    assert_eq!(d["status"], "failed", "{d:#}");
+    assert!(
+        reason(&d).contains("cannot run \"/nonexistent/logic\": No such file or directory"),
+        "{d:#}"
+    );
+    dir.touch("close_flag");
+    assert_eq!(sidecar.wait(LONG).code(), Some(0));
+}
+
+#[test]
+fn a_fifo_start_flag_fails_the_task_instead_of_blocking() {
+    let dir = Dir::new();
+    let logic = script(&dir, "logic.sh", "touch \"$SIDECAR_TASK_DIR/ran\"\n");
+    let sidecar = serve(&dir, &[], &logic);
+    std::fs::create_dir_all(dir.join("tasks/fifo/input")).unwrap();
+    let c = std::ffi::CString::new(dir.join("tasks/fifo/start_flag").to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let d = done(&dir, "fifo");
+    assert_eq!(d["status"], "failed", "{d:#}");
+    assert!(reason(&d).contains("not a regular file"), "{d:#}");
+    // The sidecar is not stuck: the next task runs.
+    stage(&dir, "next", "x\n", "");
+    assert_eq!(done(&dir, "next")["status"], "succeeded");
+    dir.touch("close_flag");
+    assert_eq!(sidecar.wait(LONG).code(), Some(0));
+}
+
+/// A task that is done already (a restarted sidecar finds it) is never run
+/// again; its close flag still removes it.
+#[test]
+fn a_done_task_is_not_run_twice() {
+    let dir = Dir::new();
+    let logic = script(&dir, "logic.sh", "touch \"$SIDECAR_TASK_DIR/ran\"\n");
+    stage(&dir, "old", "x\n", "");
+    dir.write("tasks/old/done_flag", "{}");
+    let sidecar = serve(&dir, &[], &logic);
+    stage(&dir, "new", "x\n", "");
+    assert_eq!(done(&dir, "new")["status"], "succeeded");
+    assert!(dir.exists("tasks/new/ran"));
+    assert!(!dir.exists("tasks/old/ran"), "a done task ran again");
+    dir.touch("tasks/old/close_flag");
+    let old = dir.join("tasks/old");
+    wait_until("the old task to be removed", LONG, || !old.exists());
+    dir.touch("close_flag");
+    assert_eq!(sidecar.wait(LONG).code(), Some(0));
+}
+
+#[test]
+fn polling_mode_works_without_inotify() {
+    let dir = Dir::new();
+    let logic = script(
+        &dir,
+        "logic.sh",
+        "cat \"$SIDECAR_INPUT\" > \"$SIDECAR_OUTPUT\"\n",
+    );
+    let sidecar = serve(&dir, &["--watch", "poll", "--poll", "10ms"], &logic);
+    stage(&dir, "p0-a0", "polled\n", r#"{"input":{"format":"csv"}}"#);
+    let d = done(&dir, "p0-a0");
+    assert_eq!(d["status"], "succeeded", "{d:#}");
+    assert_eq!(dir.read("tasks/p0-a0/output/part.csv"), "polled\n");
+    dir.touch("tasks/p0-a0/close_flag");
+    let task = dir.join("tasks/p0-a0");
+    wait_until("the task to be removed", LONG, || !task.exists());
+    dir.touch("close_flag");
+    let ended = sidecar.wait(LONG);
+    assert_eq!(ended.code(), Some(0));
+    assert!(ended.stderr.contains("polling=true"), "{}", ended.stderr);
+}
+
+/// Without --exit-on-orphan a stale lease cancels what runs, and the
+/// sidecar goes on serving.
+#[test]
+fn stale_lease_without_exit_on_orphan_keeps_serving() {
+    let dir = Dir::new();
+    let logic = script(
+        &dir,
+        "logic.sh",
+        "[ \"$SIDECAR_TASK_ID\" = quick ] && exit 0\nexec sleep 60\n",
+    );
+    dir.write("executor/lease", r#"{"seq":0}"#);
+    let sidecar = serve(&dir, &["--lease-timeout", "1s", "--grace", "1s"], &logic);
+    stage(&dir, "slow", "x\n", "");
+    let d = done(&dir, "slow");
+    assert_eq!(d["status"], "cancelled", "{d:#}");
+    assert!(reason(&d).contains("executor lease stale for"), "{d:#}");
+    // The executor comes back: the lease moves again, and keeps moving.
+    let beater = Beater::start(dir.join("executor/lease"), Duration::from_millis(100)).unwrap();
+    stage(&dir, "quick", "x\n", "");
+    let d = done(&dir, "quick");
+    drop(beater);
+    assert_eq!(d["status"], "succeeded", "{d:#}");
+    dir.touch("close_flag");
+    assert_eq!(sidecar.wait(LONG).code(), Some(0));
+}
