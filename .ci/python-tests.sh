@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The PySpark integration tests: build the sidecar_shim wheel and
+# sidecar-entrypoint, install the wheel, run tests/python against a real
+# local[2] Spark.
+#
+#   .ci/python-tests.sh                  # debug builds (reuses `cargo test`'s artifacts)
+#   PROFILE=release .ci/python-tests.sh  # optimised builds (what examples/pyspark/bench.py wants)
+#   .ci/python-tests.sh -k stream        # extra arguments go to pytest
+#
+# Needs: cargo, python3 with `pip install pyspark pyarrow maturin pytest`
+# (pandas too: installed here if missing), Java for Spark. Docker is optional (the docker provider test is skipped
+# when the image sidecar-foundry-dd:latest is absent).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+python="${PYTHON:-python3}"
+profile="${PROFILE:-debug}"
+# One target dir for everything: CI has 2 cores, rebuilding the
+# dependencies for the wheel would double the build time.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
+
+log() { echo "python-tests: $*" >&2; }
+
+case "$profile" in
+    release) cargo_profile=(--release); maturin_profile=(--release); bin_dir="$CARGO_TARGET_DIR/release" ;;
+    debug) cargo_profile=(); maturin_profile=(); bin_dir="$CARGO_TARGET_DIR/debug" ;;
+    *) log "PROFILE must be debug or release, not $profile"; exit 2 ;;
+esac
+
+# PySpark's mapInArrow goes through its pandas-UDF machinery, which refuses
+# to run without pandas (even though no pandas object is ever made).
+if ! "$python" -c 'import pandas' 2>/dev/null; then
+    log "installing pandas (PySpark's mapInArrow requires it)"
+    "$python" -m pip install --quiet 'pandas>=2.2,<3' >&2
+fi
+
+log "building sidecar-entrypoint ($profile)"
+cargo build -p sidecar-entrypoint "${cargo_profile[@]}" >&2
+entrypoint="$bin_dir/sidecar-entrypoint"
+[[ -x "$entrypoint" ]] || { log "no $entrypoint after the build"; exit 1; }
+
+# Bundle the binary in the wheel (sidecar_shim/bin/), so an installed wheel
+# works without $SIDECAR_ENTRYPOINT; the copy is not part of the source tree.
+pkg_bin="$root/executor-shim/python/python/sidecar_shim/bin"
+mkdir -p "$pkg_bin"
+cp "$entrypoint" "$pkg_bin/sidecar-entrypoint"
+trap 'rm -f "$pkg_bin/sidecar-entrypoint"; rmdir "$pkg_bin" 2>/dev/null || true' EXIT
+
+log "building the sidecar_shim wheel ($profile)"
+wheels="$CARGO_TARGET_DIR/wheels"
+rm -f "$wheels"/sidecar_shim-*.whl
+"$python" -m maturin build "${maturin_profile[@]}" \
+    -m executor-shim/python/Cargo.toml -i "$python" -o "$wheels" >&2
+wheel="$(ls -t "$wheels"/sidecar_shim-*.whl | head -n 1)"
+log "installing $wheel"
+"$python" -m pip install --quiet --force-reinstall --no-deps "$wheel" >&2
+
+export SIDECAR_ENTRYPOINT="$entrypoint"
+export PYSPARK_PYTHON="$("$python" -c 'import sys; print(sys.executable)')"
+log "running pytest (SIDECAR_ENTRYPOINT=$SIDECAR_ENTRYPOINT)"
+# Run from tests/python so conftest.py is importable and the installed
+# package (not the source tree) is the one tested.
+cd "$root/tests/python"
+status=0
+"$python" -m pytest -q "$@" || status=$?
+exit "$status"
