@@ -18,6 +18,10 @@ set -e
 echo "== skipped Rust tests (with reasons)"
 grep -E '^SKIPPED' target/test-rust.log || echo "none"
 if [ "$status" != 0 ]; then
+    # The log is long and CI shows its tail: repeat what failed here.
+    echo "== what failed" >&2
+    grep -E -A2 "^VIOLATION|^test .* FAILED$|panicked at|invariant violations:" \
+        target/test-rust.log | tail -n 80 >&2 || true
     echo "Rust tests failed (exit $status): see target/test-rust.log" >&2
     exit "$status"
 fi
