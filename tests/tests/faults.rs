@@ -27,8 +27,11 @@
 //!
 //! `SIDECAR_FAULT_TRIALS` (default 200) sets the trial count,
 //! `SIDECAR_FAULT_WORKERS` (default 4) how many run at once (each with its
-//! own volume and sidecar), `SIDECAR_FAULT_SEED` the random seed. The counts
-//! are printed at the end; the test fails on any violation.
+//! own volume and sidecar), `SIDECAR_FAULT_SEED` the random seed,
+//! `SIDECAR_FAULT_STALE_MS` (default 3000) when a silent heartbeat means a
+//! hung sidecar. The counts are printed at the end, with the longest stall
+//! this process saw (a host that stalls for longer than the liveness bounds
+//! makes a live peer look dead); the test fails on any violation.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -48,7 +51,11 @@ use sidecar_core::Format;
 use common::Scratch;
 
 const HEARTBEAT: Duration = Duration::from_millis(100);
-const LEASE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The liveness bounds (the executor's lease here, the sidecar's heartbeat
+/// in [`stale_after`]) are a few seconds, below the product's defaults
+/// (10 s and 5 s) but far above a heartbeat interval: a shared CI host that
+/// stalls a process for a second must not make a live peer look dead.
+const LEASE_TIMEOUT: Duration = Duration::from_secs(3);
 const GRACE: Duration = Duration::from_millis(200);
 const ROWS: usize = 200;
 /// How long after a fault the executor side may take, beyond the product's
@@ -71,7 +78,7 @@ fn strict() -> bool {
 }
 
 fn stale_after() -> Duration {
-    Duration::from_millis(common::env_count("SIDECAR_FAULT_STALE_MS", 1000) as u64)
+    Duration::from_millis(common::env_count("SIDECAR_FAULT_STALE_MS", 3000) as u64)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -207,6 +214,43 @@ fn read_pid(path: &Path) -> Option<i32> {
 fn signal(pid: i32, sig: i32) {
     // SAFETY: kill(2) with a pid we read from our own process table; at worst ESRCH.
     unsafe { libc::kill(pid, sig) };
+}
+
+/// Measures the longest this process went unscheduled: a thread sleeps
+/// 10 ms at a time and records the largest overshoot.
+struct StallMeter {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Duration>>,
+}
+
+impl StallMeter {
+    fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let tick = Duration::from_millis(10);
+            let mut worst = Duration::ZERO;
+            while !s.load(Ordering::SeqCst) {
+                let t0 = Instant::now();
+                std::thread::sleep(tick);
+                worst = worst.max(t0.elapsed().saturating_sub(tick));
+            }
+            worst
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the meter; the longest stall seen.
+    fn finish(mut self) -> Duration {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .take()
+            .map(|t| t.join().unwrap())
+            .unwrap_or_default()
+    }
 }
 
 /// One worker: its own scratch dir, logic and long-lived sidecar.
@@ -665,6 +709,7 @@ fn fault_injection_suite() {
     let tally = Arc::new(Mutex::new(Tally::default()));
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
+    let stalls = StallMeter::start();
     let handles: Vec<_> = (0..workers)
         .map(|w| {
             let tally = Arc::clone(&tally);
@@ -702,9 +747,14 @@ fn fault_injection_suite() {
             })
         })
         .collect();
-    for h in handles {
-        h.join()
-            .expect("a worker panicked (a hang or a harness failure; see above)");
+    let joined: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+    let stall = stalls.finish();
+    eprintln!(
+        "longest stall of this process: {stall:.2?} (liveness bounds: lease {LEASE_TIMEOUT:?}, heartbeat {:?})",
+        stale_after()
+    );
+    for j in joined {
+        j.expect("a worker panicked (a hang or a harness failure; see above)");
     }
     let t = tally.lock().unwrap();
     eprintln!("---- fault-injection summary ----");
@@ -737,7 +787,7 @@ fn fault_injection_suite() {
     }
     assert!(
         t.violations.is_empty(),
-        "{} invariant violations",
+        "{} invariant violations (longest stall of this process: {stall:.2?})",
         t.violations.len()
     );
     assert_eq!(t.trials, trials);
