@@ -128,6 +128,13 @@ use tokio::sync::watch;
 use crate::cli::{Cli, LogFormat, Mode, Sub};
 use crate::supervisor::{ExitInfo, Supervisor};
 
+/// Locks `m`, poisoned or not. A poisoned lock only means a panic on
+/// another thread; every state behind the entrypoint's locks stays
+/// consistent (each update is one insert, remove or assignment).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// How the entrypoint ends; [`exit_code`] turns it into the process status.
 #[derive(Debug)]
 pub enum End {

@@ -16,7 +16,7 @@ use sidecar_core::wait::{WaitError, Watch};
 use crate::cli::{RunArgs, UserCommand};
 use crate::output::{pump_lines, Tail};
 use crate::supervisor::{Spawn, Stop};
-use crate::{Ctx, End};
+use crate::{lock, Ctx, End};
 
 /// The task id oneshot outcomes carry.
 pub const ONESHOT_TASK_ID: &str = "oneshot";
@@ -80,10 +80,6 @@ async fn run_inner(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> anyhow::Resul
             max_rss_kib: 0,
         }),
     })
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The real waiter, runner and flag writer of oneshot mode.

@@ -17,7 +17,7 @@ pub struct Tail(Arc<Mutex<Vec<u8>>>);
 
 impl Tail {
     pub fn push(&self, bytes: &[u8]) {
-        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = crate::lock(&self.0);
         t.extend_from_slice(bytes);
         if t.len() > 2 * TAIL_BYTES {
             let cut = t.len() - TAIL_BYTES;
@@ -27,7 +27,7 @@ impl Tail {
 
     /// The tail as text (invalid UTF-8 replaced).
     pub fn text(&self) -> String {
-        let t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let t = crate::lock(&self.0);
         tail_text(&t)
     }
 }

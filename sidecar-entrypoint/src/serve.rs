@@ -32,7 +32,7 @@ use crate::cli::{RunArgs, UserCommand};
 use crate::flags::write_outcome;
 use crate::oneshot::exit_from;
 use crate::supervisor::{Cancel, Spawn};
-use crate::{Ctx, End};
+use crate::{lock, Ctx, End};
 
 /// The longest the main loop sleeps without an event.
 const MAX_TICK: Duration = Duration::from_millis(250);
@@ -66,10 +66,6 @@ struct Server {
     pending: watch::Sender<usize>,
     /// Tasks being driven (by id).
     active: Mutex<HashSet<TaskId>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn run_inner(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> anyhow::Result<End> {

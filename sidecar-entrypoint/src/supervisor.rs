@@ -179,9 +179,7 @@ impl Supervisor {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        // A poisoned lock only means a panic elsewhere; the table is still
-        // consistent (every update is a single insert or remove).
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.table)
     }
 
     /// Starts `spec` in a new process group.
