@@ -568,11 +568,21 @@ impl<'c> Run<'c> {
         I: Iterator<Item = Result<RecordBatch, ArrowError>>,
     {
         let path = self.task.input().join(part_name(self.request.input_format));
-        let (rows_in, bytes_in) = self.stage(&path, schema, input)?;
+        let staged = self.stage(&path, schema, input)?;
         self.write_start()?;
         let outcome = self.judge(self.wait_done()?)?;
-        let (rows_out, bytes_out) = self.read_outputs(&outcome, expected, sink)?;
-        Ok(TaskReport {
+        let read = self.read_outputs(&outcome, expected, sink)?;
+        Ok(self.report(outcome, staged, read))
+    }
+
+    /// The report of a finished task; `run_task` fills in `elapsed`.
+    fn report(
+        &self,
+        outcome: Outcome,
+        (rows_in, bytes_in): (u64, u64),
+        (rows_out, bytes_out): (u64, u64),
+    ) -> TaskReport {
+        TaskReport {
             task: self.id().clone(),
             outcome,
             rows_in,
@@ -580,7 +590,7 @@ impl<'c> Run<'c> {
             rows_out,
             bytes_out,
             elapsed: Duration::ZERO,
-        })
+        }
     }
 
     /// Writes the input file through a dot-temporary renamed into place.
@@ -750,15 +760,7 @@ impl<'c> Run<'c> {
         let (r, b) = self.read_outputs(&outcome, expected, sink)?;
         rows_out += r;
         bytes_out += b;
-        Ok(TaskReport {
-            task: self.id().clone(),
-            outcome,
-            rows_in,
-            bytes_in,
-            rows_out,
-            bytes_out,
-            elapsed: Duration::ZERO,
-        })
+        Ok(self.report(outcome, (rows_in, bytes_in), (rows_out, bytes_out)))
     }
 
     /// An unreadable output stream is often the trace of a logic that died
