@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --release -q -p sidecar-entrypoint -p executor-shim
+cargo build --release -q -p sidecar-entrypoint -p executor-shim-cli
 out=${1:-target/harness-out}
 exec target/release/executor-shim harness \
     --input examples/sample/trips.csv \

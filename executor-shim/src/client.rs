@@ -41,9 +41,10 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
 use sidecar_core::atomic::{self, Durability};
+use sidecar_core::files::ExecutorFlags;
 use sidecar_core::liveness::{Liveness, Monitor};
 use sidecar_core::manifest::VerifiedReader;
-use sidecar_core::record::{read_flag, InputSpec, OutputSpec};
+use sidecar_core::record::{InputSpec, OutputSpec};
 use sidecar_core::safepath;
 use sidecar_core::wait::Watch;
 use sidecar_core::{Format, Outcome, Status, TaskDir, TaskId, TaskSpec, Volume, PROTOCOL_VERSION};
@@ -123,7 +124,8 @@ impl TaskRequest {
     }
 }
 
-pub(crate) fn random_nonce() -> String {
+/// Eight random letters and digits: a task id's nonce.
+pub fn random_nonce() -> String {
     use rand::Rng as _;
     rand::rng()
         .sample_iter(rand::distr::Alphanumeric)
@@ -148,10 +150,74 @@ pub struct TaskReport {
 }
 
 /// Tells whether the sidecar behind a volume has exited (for providers that
-/// can know: a child process). The heartbeat covers the rest.
+/// can know: a child process, a container). The heartbeat covers the rest.
 pub trait SidecarProbe: Send + Sync + std::fmt::Debug {
     /// `Some(description of the exit status)` once the sidecar has exited.
     fn exited(&self) -> Option<String>;
+}
+
+/// How the executor side judges its sidecar: the one liveness rule of the
+/// protocol (the heartbeat's *content* must keep changing, judged on this
+/// side's clock: [`Monitor`]), plus, where the provider can know, whether
+/// the sidecar has exited. One per sidecar handle, shared by its tasks.
+#[derive(Debug)]
+pub struct Health {
+    volume: Volume,
+    /// The heartbeat monitor and when it last read the file.
+    monitor: Mutex<(Monitor, Option<Instant>)>,
+    probe: Option<Arc<dyn SidecarProbe>>,
+}
+
+impl Health {
+    /// Judges the sidecar of `volume`: gone once its heartbeat has not
+    /// changed for `stale_after`, or once `probe` says it exited.
+    pub fn new(
+        volume: &Volume,
+        stale_after: Duration,
+        probe: Option<Arc<dyn SidecarProbe>>,
+    ) -> Self {
+        Self {
+            monitor: Mutex::new((
+                Monitor::new(volume.heartbeat(), stale_after, Instant::now()),
+                None,
+            )),
+            volume: volume.clone(),
+            probe,
+        }
+    }
+
+    /// How the sidecar exited, if the provider knows it has.
+    pub fn exited(&self) -> Option<String> {
+        self.probe.as_ref().and_then(|p| p.exited())
+    }
+
+    /// `Ok` while the sidecar may be alive; the error says how it is gone.
+    pub fn check(&self) -> Result<(), ShimError> {
+        if let Some(status) = self.exited() {
+            return Err(ShimError::SidecarExited {
+                volume: self.volume.root().to_owned(),
+                status,
+            });
+        }
+        let now = Instant::now();
+        let mut guard = self.monitor.lock().unwrap_or_else(PoisonError::into_inner);
+        let (monitor, last) = &mut *guard;
+        // Events from a chatty logic (its stderr is in a watched directory)
+        // wake the checks often; the heartbeat file need not be read more
+        // than every HEARTBEAT_CHECK.
+        if last.is_some_and(|t| now.saturating_duration_since(t) < HEARTBEAT_CHECK) {
+            return Ok(());
+        }
+        *last = Some(now);
+        match monitor.observe(now) {
+            Liveness::Alive => Ok(()),
+            Liveness::Stale { age, .. } => Err(ShimError::SidecarUnresponsive {
+                volume: self.volume.root().to_owned(),
+                heartbeat: self.volume.heartbeat(),
+                heartbeat_age: age,
+            }),
+        }
+    }
 }
 
 /// What a task needs from its sidecar handle.
@@ -160,9 +226,7 @@ pub struct TaskContext<'a> {
     pub volume: &'a Volume,
     /// One watch may serve many concurrent tasks; each adds its directory.
     pub watch: &'a Watch,
-    /// The heartbeat staleness bound.
-    pub stale_after: Duration,
-    pub probe: Option<&'a dyn SidecarProbe>,
+    pub health: &'a Health,
 }
 
 /// The sink type [`run_task`] delivers output batches to.
@@ -289,7 +353,7 @@ impl Drop for Run<'_> {
         // A panic (in the caller's sink, say) skips `abort`: still stop the
         // logic and let the sidecar clean up.
         if std::thread::panicking() {
-            let _ = atomic::touch_atomic(&self.task.cancel_flag());
+            let _ = self.flags.cancel();
             self.close();
         }
     }
@@ -310,6 +374,13 @@ impl Drop for Release<'_> {
     }
 }
 
+/// Rows and bytes moved by one side of a stream.
+type Moved = Result<(u64, u64), ShimError>;
+
+/// How the stream phase ended: the output read, the input written, and
+/// what the monitor saw.
+type Pumped = (Moved, Moved, Watched);
+
 /// What the stream monitor saw.
 struct Watched {
     outcome: Option<Box<Outcome>>,
@@ -320,9 +391,9 @@ struct Watched {
 struct Run<'c> {
     ctx: TaskContext<'c>,
     task: TaskDir,
+    /// This side's flags, walking the task's state machine.
+    flags: ExecutorFlags,
     request: TaskRequest,
-    /// The heartbeat monitor and when it last looked.
-    monitor: Mutex<(Monitor, Option<Instant>)>,
     /// Set when the start flag is written.
     deadline: Mutex<Option<Instant>>,
 }
@@ -331,10 +402,7 @@ impl<'c> Run<'c> {
     fn new(ctx: &TaskContext<'c>, task: TaskDir, request: &TaskRequest) -> Self {
         Self {
             ctx: *ctx,
-            monitor: Mutex::new((
-                Monitor::new(ctx.volume.heartbeat(), ctx.stale_after, Instant::now()),
-                None,
-            )),
+            flags: ExecutorFlags::new(task.clone()),
             task,
             request: request.clone(),
             deadline: Mutex::new(None),
@@ -370,11 +438,7 @@ impl<'c> Run<'c> {
     }
 
     fn write_start(&self) -> Result<(), ShimError> {
-        let bytes = serde_json::to_vec(&self.spec()).map_err(|e| ShimError::Protocol {
-            path: self.task.start_flag(),
-            message: format!("cannot encode the task spec: {e}"),
-        })?;
-        atomic::write_atomic(&self.task.start_flag(), &bytes, Durability::Visible)?;
+        self.flags.start(&self.spec())?;
         *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) =
             self.request.timeout.map(|t| Instant::now() + t);
         Ok(())
@@ -390,36 +454,12 @@ impl<'c> Run<'c> {
         if let Some(outcome) = self.read_outcome()? {
             return Ok(Some(outcome));
         }
-        if let Some(status) = self.ctx.probe.and_then(|p| p.exited()) {
+        if let Err(gone) = self.ctx.health.check() {
             // It may have written the flag just before it went.
             if let Some(outcome) = self.read_outcome()? {
                 return Ok(Some(outcome));
             }
-            return Err(ShimError::SidecarExited {
-                volume: self.ctx.volume.root().to_owned(),
-                status,
-            });
-        }
-        let now = Instant::now();
-        let liveness = {
-            let mut guard = self.monitor.lock().unwrap_or_else(PoisonError::into_inner);
-            let (monitor, last) = &mut *guard;
-            // Events from a chatty logic (its stderr is in the watched
-            // directory) wake this check often; the heartbeat file need not
-            // be read more than every HEARTBEAT_CHECK.
-            if last.is_some_and(|t| now.saturating_duration_since(t) < HEARTBEAT_CHECK) {
-                Liveness::Alive
-            } else {
-                *last = Some(now);
-                monitor.observe(now)
-            }
-        };
-        if let Liveness::Stale { age, .. } = liveness {
-            return Err(ShimError::SidecarUnresponsive {
-                volume: self.ctx.volume.root().to_owned(),
-                heartbeat: self.ctx.volume.heartbeat(),
-                heartbeat_age: age,
-            });
+            return Err(gone);
         }
         self.check_deadline()?;
         Ok(None)
@@ -439,28 +479,7 @@ impl<'c> Run<'c> {
     }
 
     fn read_outcome(&self) -> Result<Option<Outcome>, ShimError> {
-        let path = self.task.done_flag();
-        let bytes = match read_flag(&path, "outcome") {
-            Ok(b) => b,
-            Err(sidecar_core::record::RecordError::Io { source, .. })
-                if source.kind() == io::ErrorKind::NotFound =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let outcome = Outcome::parse(&bytes, &path)?;
-        if outcome.task_id != self.id().as_str() {
-            return Err(ShimError::Protocol {
-                path,
-                message: format!(
-                    "the outcome is for task {:?}, not {} (a stale or foreign done flag)",
-                    outcome.task_id,
-                    self.id()
-                ),
-            });
-        }
-        Ok(Some(outcome))
+        Ok(self.flags.outcome()?)
     }
 
     /// Waits for the done flag, bounded by liveness and the deadline.
@@ -536,18 +555,16 @@ impl<'c> Run<'c> {
     }
 
     fn close(&self) {
-        if let Err(e) = atomic::touch_atomic(&self.task.close_flag()) {
-            tracing::warn!("task {}: cannot write the close flag: {e}", self.id());
+        if let Err(e) = self.flags.close() {
+            tracing::warn!("task {}: cannot close: {e}", self.id());
         }
     }
 
     /// After an error: stop the logic if it may still run, let the sidecar
     /// clean up; if the sidecar is gone, clean up here.
     fn abort(&self, err: &ShimError) {
-        if !self.task.done_flag().exists() {
-            if let Err(e) = atomic::touch_atomic(&self.task.cancel_flag()) {
-                tracing::warn!("task {}: cannot write the cancel flag: {e}", self.id());
-            }
+        if let Err(e) = self.flags.cancel() {
+            tracing::warn!("task {}: cannot write the cancel flag: {e}", self.id());
         }
         self.close();
         if matches!(err, ShimError::SidecarExited { .. }) {
@@ -688,47 +705,14 @@ impl<'c> Run<'c> {
         let signals = Signals::new();
         let reader = FifoReader::open(&out_path, Arc::clone(&signals))?;
         self.write_start()?;
-
-        // Set once both the writer and the reader are finished: the monitor
-        // watches over them until then.
-        let io_done = AtomicBool::new(false);
-        let (read, written, watched) = std::thread::scope(|s| {
-            // If this thread unwinds (a panicking sink), the scope waits for
-            // the other two: release them, or it would wait forever.
-            let _release = Release {
-                signals: &signals,
-                io_done: &io_done,
-            };
-            let writer = s.spawn(|| {
-                stream::block_sigpipe_on_this_thread();
-                let r = self.write_fifo(&in_path, schema, input, &signals);
-                if r.is_err() {
-                    // A failed input must not let the logic finish on a
-                    // truncated one: stop everything.
-                    signals.stop();
+        let (read, written, watched) =
+            self.pump(&signals, &in_path, schema, input, |sink_signals| {
+                let read = self.read_fifo(reader, &out_path, expected.clone(), sink);
+                if read.is_err() {
+                    sink_signals.stop();
                 }
-                r
+                read
             });
-            let monitor = s.spawn(|| self.monitor(&signals, &io_done));
-            let read = self.read_fifo(reader, &out_path, expected.clone(), sink);
-            if read.is_err() {
-                signals.stop();
-            }
-            let written = writer.join().unwrap_or_else(|_| {
-                Err(ShimError::Invalid(
-                    "the input writer thread panicked".into(),
-                ))
-            });
-            io_done.store(true, Ordering::SeqCst);
-            self.ctx.watch.poke();
-            let watched = monitor.join().unwrap_or_else(|_| Watched {
-                outcome: None,
-                failure: Some(ShimError::Invalid(
-                    "the task monitor thread panicked".into(),
-                )),
-            });
-            (read, written, watched)
-        });
 
         // The first cause wins: the sidecar or the deadline, then the input,
         // then the output, then the task's own outcome. Errors that are only
@@ -761,6 +745,59 @@ impl<'c> Run<'c> {
         rows_out += r;
         bytes_out += b;
         Ok(self.report(outcome, (rows_in, bytes_in), (rows_out, bytes_out)))
+    }
+
+    /// Runs the stream phase: the input written on one thread, the task
+    /// watched on another, and `read` (the output) on this one; returns
+    /// what each of the three ended with.
+    fn pump<I>(
+        &self,
+        signals: &Arc<Signals>,
+        in_path: &Path,
+        schema: SchemaRef,
+        input: I,
+        read: impl FnOnce(&Signals) -> Result<(u64, u64), ShimError>,
+    ) -> Pumped
+    where
+        I: Iterator<Item = Result<RecordBatch, ArrowError>> + Send,
+    {
+        // Set once both the writer and the reader are finished: the monitor
+        // watches over them until then.
+        let io_done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            // If this thread unwinds (a panicking sink), the scope waits for
+            // the other two: release them, or it would wait forever.
+            let _release = Release {
+                signals,
+                io_done: &io_done,
+            };
+            let writer = s.spawn(|| {
+                stream::block_sigpipe_on_this_thread();
+                let r = self.write_fifo(in_path, schema, input, signals);
+                if r.is_err() {
+                    // A failed input must not let the logic finish on a
+                    // truncated one: stop everything.
+                    signals.stop();
+                }
+                r
+            });
+            let monitor = s.spawn(|| self.monitor(signals, &io_done));
+            let read = read(signals);
+            let written = writer.join().unwrap_or_else(|_| {
+                Err(ShimError::Invalid(
+                    "the input writer thread panicked".into(),
+                ))
+            });
+            io_done.store(true, Ordering::SeqCst);
+            self.ctx.watch.poke();
+            let watched = monitor.join().unwrap_or_else(|_| Watched {
+                outcome: None,
+                failure: Some(ShimError::Invalid(
+                    "the task monitor thread panicked".into(),
+                )),
+            });
+            (read, written, watched)
+        })
     }
 
     /// An unreadable output stream is often the trace of a logic that died
@@ -982,11 +1019,11 @@ mod tests {
         let dir = std::env::temp_dir();
         let volume = Volume::new(&dir);
         let watch = Watch::new(Default::default()).unwrap_or_else(|e| panic!("{e}"));
+        let health = Health::new(&volume, Duration::from_secs(5), None);
         let ctx = TaskContext {
             volume: &volume,
             watch: &watch,
-            stale_after: Duration::from_secs(5),
-            probe: None,
+            health: &health,
         };
         let mut req = TaskRequest::new(0, 2);
         req.input_format = Format::Csv;

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sidecar_core::atomic::AtomicError;
+use sidecar_core::files::FlagError;
 use sidecar_core::manifest::ManifestError;
 use sidecar_core::record::RecordError;
 use sidecar_core::safepath::PathError;
@@ -93,6 +94,8 @@ pub enum ShimError {
     Atomic(#[from] AtomicError),
     #[error(transparent)]
     Wait(#[from] WaitError),
+    #[error(transparent)]
+    Flag(#[from] FlagError),
     #[error(transparent)]
     Stream(#[from] StreamError),
     #[error("{}: {source}", .path.display())]

@@ -6,17 +6,27 @@
 //! sidecar run the user's logic on it, and reads the output back as Arrow,
 //! verified and checked against the expected schema.
 //!
-//! ## Layers
+//! ## Where things live
 //!
-//! * [`format`]: Arrow batches to and from `arrow`, `arrows`, `parquet`,
-//!   `csv` and `jsonl`.
-//! * [`stream`]: FIFOs written and read without hangs (stream mode).
-//! * [`client`]: one task against a serving sidecar ([`client::run_task`]).
-//! * [`provider`]: where the sidecar comes from (attach, child process,
-//!   Docker), one per volume, none outliving its executor
-//!   ([`provider::Sidecar`]).
-//! * [`harness`], [`bench`], [`pod_template`]: the CLI's other subcommands.
+//! The library is the executor side of the protocol and nothing else: no
+//! argument parsing, no progress bars, no process-wide state (logging,
+//! signal handlers, environment). The `executor-shim` command line is its
+//! own package (`executor-shim/cli`, binary `executor-shim`), and the
+//! Python module another (`executor-shim/python`); both build on this.
 //!
+//! | module | what |
+//! |---|---|
+//! | [`format`] | Arrow batches to and from `arrow`, `arrows`, `parquet`, `csv`, `jsonl` |
+//! | [`stream`] | FIFOs written and read without hangs (stream mode) |
+//! | [`client`] | one task against a serving sidecar ([`client::run_task`]), and the sidecar's [`client::Health`] |
+//! | [`provider`] | where the sidecar comes from ([`ProviderSpec`] names it), one per volume, none outliving its executor ([`provider::Sidecar`]) |
+//! | [`pod_template`] | the Kubernetes executor pod template: model, checks and renderer |
+//! | [`error`] | the one error type, [`ShimError`] |
+//!
+//! The flags themselves (start, cancel, close written; done read) are the
+//! core library's executor side, [`sidecar_core::files::ExecutorFlags`],
+//! which walks the same state machine as the sidecar.
+
 //! ## One task
 //!
 //! ```text
@@ -84,14 +94,15 @@
 //! use std::sync::Arc;
 //! use arrow::array::{Int64Array, RecordBatch};
 //! use arrow::datatypes::{DataType, Field, Schema};
-//! use executor_shim::provider::{Provider, Sidecar, SidecarOptions};
+//! use executor_shim::provider::{ProviderSpec, Sidecar, SidecarOptions};
 //! use executor_shim::TaskRequest;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
 //! let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![1, 2, 3]))])?;
 //! let logic = vec!["sh".into(), "-c".into(), r#"cat "$SIDECAR_INPUT" > "$SIDECAR_OUTPUT""#.into()];
-//! let sidecar = Sidecar::start("/tmp/volume".as_ref(), Provider::process(logic), SidecarOptions::default())?;
+//! let provider = ProviderSpec { command: logic, ..Default::default() }.build()?;
+//! let sidecar = Sidecar::start("/tmp/volume".as_ref(), provider, SidecarOptions::default())?;
 //! let mut rows = 0;
 //! let report = sidecar.run_task(
 //!     &TaskRequest::new(0, 0),
@@ -108,15 +119,13 @@
 //! # Ok(()) }
 //! ```
 
-pub mod bench;
 pub mod client;
 pub mod error;
 pub mod format;
-pub mod harness;
 pub mod pod_template;
 pub mod provider;
 pub mod stream;
 
 pub use client::{run_task, TaskReport, TaskRequest};
 pub use error::ShimError;
-pub use provider::{Provider, Sidecar, SidecarOptions};
+pub use provider::{Provider, ProviderKind, ProviderSpec, Sidecar, SidecarOptions};

@@ -75,9 +75,6 @@
 //!   feature); an older API server drops `restartPolicy` from the init
 //!   container, which then blocks the executor from ever starting.
 
-use std::io::Write as _;
-use std::process::ExitCode;
-
 /// Where the shared volumes are mounted in both containers.
 pub const MOUNT_ROOT: &str = "/opt/sidecar/shared-volumes";
 /// The entrypoint's path in images built the way `examples/foundry-dd` is.
@@ -503,75 +500,6 @@ fn sidecar(y: &mut Out, t: &PodTemplate, mount: &str, gid: u32) {
         &["If the sidecar fails, the end of its output becomes the pod's message."],
     );
     y.line(6, "terminationMessagePolicy: \"FallbackToLogsOnError\"");
-}
-
-/// `executor-shim pod-template`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct PodTemplateArgs {
-    /// The sidecar image; its entrypoint binary is expected at --entrypoint.
-    #[arg(long, value_name = "IMAGE")]
-    pub image: String,
-    /// The shared volume's name; mounted at /opt/sidecar/shared-volumes/NAME in both containers.
-    #[arg(long, value_name = "NAME", default_value = DEFAULT_VOLUME)]
-    pub volume: String,
-    /// Back the volume with memory (emptyDir medium: Memory, a tmpfs).
-    #[arg(long)]
-    pub memory_medium: bool,
-    /// The volume's size limit, a Kubernetes quantity (e.g. 2Gi).
-    #[arg(long, value_name = "QUANTITY")]
-    pub size_limit: Option<String>,
-    /// Run the sidecar as a native sidecar: an init container with restartPolicy Always (Kubernetes 1.29+).
-    #[arg(long)]
-    pub native_sidecar: bool,
-    /// The sidecar's numeric non-root user.
-    #[arg(long, value_name = "UID", default_value_t = DEFAULT_USER)]
-    pub user: u32,
-    /// The sidecar's numeric group (default: the --user uid).
-    #[arg(long, value_name = "GID")]
-    pub group: Option<u32>,
-    /// Tasks the sidecar runs at once (default: the CPUs available to it).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub parallel: Option<u32>,
-    /// The sidecar-entrypoint binary's path inside the image.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_ENTRYPOINT)]
-    pub entrypoint: String,
-    /// The executor container's name (Spark's default; see spark.kubernetes.executor.podTemplateContainerName).
-    #[arg(long, value_name = "NAME", default_value = DEFAULT_EXECUTOR_CONTAINER)]
-    pub executor_container: String,
-    /// The user logic the sidecar runs per task (after --). Without it, the image's ENTRYPOINT/CMD run.
-    #[arg(last = true, value_name = "COMMAND")]
-    pub command: Vec<String>,
-}
-
-impl PodTemplateArgs {
-    /// The settings these arguments describe.
-    pub fn template(&self) -> PodTemplate {
-        PodTemplate {
-            image: self.image.clone(),
-            volume: self.volume.clone(),
-            memory_medium: self.memory_medium,
-            size_limit: self.size_limit.clone(),
-            native_sidecar: self.native_sidecar,
-            user: self.user,
-            group: self.group,
-            parallel: self.parallel,
-            entrypoint: self.entrypoint.clone(),
-            command: self.command.clone(),
-            executor_container: self.executor_container.clone(),
-            ..Default::default()
-        }
-    }
-}
-
-/// Prints the pod template to stdout.
-pub fn run(args: PodTemplateArgs) -> anyhow::Result<ExitCode> {
-    let template = args.template();
-    template.validate()?;
-    let yaml = render(&template);
-    let mut out = std::io::stdout().lock();
-    out.write_all(yaml.as_bytes())?;
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -2,8 +2,7 @@
 //! The generated executor pod template, read back with a real YAML parser
 //! and checked the way a reviewer of the manifest would check it.
 
-use clap::Parser;
-use executor_shim::pod_template::{render, PodTemplate, PodTemplateArgs, PodTemplateError};
+use executor_shim::pod_template::{render, PodTemplate, PodTemplateError};
 use serde_json::Value;
 
 const MOUNT: &str = "/opt/sidecar/shared-volumes/shared";
@@ -312,116 +311,4 @@ fn settings_kubernetes_would_reject_are_refused_with_the_reason() {
         let msg = err.to_string();
         assert!(msg.contains(want), "{msg:?} should contain {want:?}");
     }
-}
-
-#[derive(Debug, Parser)]
-struct Cli {
-    #[command(flatten)]
-    args: PodTemplateArgs,
-}
-
-#[test]
-fn command_line_maps_onto_the_template() {
-    let cli = Cli::try_parse_from([
-        "pod-template",
-        "--image",
-        "geo:1",
-        "--memory-medium",
-        "--size-limit",
-        "1Gi",
-        "--native-sidecar",
-        "--user",
-        "7000",
-        "--parallel",
-        "4",
-        "--volume",
-        "work",
-        "--",
-        "/app/run",
-        "--flag",
-    ])
-    .unwrap();
-    let t = cli.args.template();
-    assert_eq!(
-        t,
-        PodTemplate {
-            image: "geo:1".into(),
-            volume: "work".into(),
-            memory_medium: true,
-            size_limit: Some("1Gi".into()),
-            native_sidecar: true,
-            user: 7000,
-            parallel: Some(4),
-            command: vec!["/app/run".into(), "--flag".into()],
-            ..Default::default()
-        }
-    );
-
-    // Defaults: volume "shared", user 5001, disk medium, plain sidecar.
-    let cli = Cli::try_parse_from(["pod-template", "--image", "geo:1"]).unwrap();
-    assert_eq!(
-        cli.args.template(),
-        PodTemplate {
-            image: "geo:1".into(),
-            ..Default::default()
-        }
-    );
-
-    // --image is required; --parallel 0 is refused.
-    let err = Cli::try_parse_from(["pod-template"]).unwrap_err();
-    assert!(err.to_string().contains("--image"), "{err}");
-    assert!(Cli::try_parse_from(["pod-template", "--image", "x", "--parallel", "0"]).is_err());
-}
-
-#[test]
-fn executor_shim_pod_template_prints_the_template() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_executor-shim"))
-        .args([
-            "pod-template",
-            "--image",
-            "geo:1",
-            "--memory-medium",
-            "--native-sidecar",
-            "--",
-            "/app/run",
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let yaml = String::from_utf8(out.stdout).unwrap();
-    let pod: Value = serde_norway::from_str(&yaml).unwrap();
-    let spec = &pod["spec"];
-    assert_eq!(
-        named(&spec["volumes"], "shared")["emptyDir"]["medium"],
-        "Memory"
-    );
-    let sidecar = named(&spec["initContainers"], "sidecar");
-    assert_eq!(sidecar["restartPolicy"], "Always");
-    assert_eq!(sidecar["image"], "geo:1");
-    assert_eq!(strings(&sidecar["args"]).last(), Some(&"/app/run"));
-    assert_eq!(
-        yaml,
-        render(&PodTemplate {
-            image: "geo:1".into(),
-            memory_medium: true,
-            native_sidecar: true,
-            command: vec!["/app/run".into()],
-            ..Default::default()
-        })
-    );
-
-    // A refused setting: nothing on stdout, the reason on stderr.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_executor-shim"))
-        .args(["pod-template", "--image", "geo:1", "--user", "0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        out.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--user 0 is root"), "{stderr}");
 }

@@ -4,14 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod docker_image;
 mod util;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use executor_shim::format::Format;
-use executor_shim::provider::{Provider, Sidecar, SidecarOptions};
+use executor_shim::provider::{ProcessProvider, Provider, Sidecar, SidecarOptions};
 use executor_shim::{ShimError, TaskRequest};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -453,13 +452,15 @@ fn one_gib_streams_in_bounded_memory() {
 /// the reason, where no Docker engine answers.
 #[test]
 fn docker_provider_round_trip_and_cleanup() {
-    let image = std::env::var("SIDECAR_TEST_IMAGE").unwrap_or_else(|_| docker_image::IMAGE.into());
-    if let Err(reason) = docker_image::docker_image(&image) {
-        println!("SKIPPED: docker: {reason}");
-        return;
-    }
+    let image = match std::env::var("SIDECAR_TEST_IMAGE") {
+        Ok(image) => image,
+        Err(_) => {
+            sidecar_test_support::require_docker!();
+            sidecar_test_support::IMAGE.to_owned()
+        }
+    };
     let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(dir.path(), Provider::docker(image, sh(CAT)), opts()).unwrap();
+    let sidecar = Sidecar::start(dir.path(), docker(&image, sh(CAT)), opts()).unwrap();
     let (schema, batches) = sample(1000, 100);
     for stream in [false, true] {
         let mut r = req(stream, Some(Duration::from_secs(60)));
@@ -490,22 +491,22 @@ fn docker_provider_round_trip_and_cleanup() {
 #[test]
 fn a_sidecar_that_cannot_start_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let bad_args = Provider::Process {
-        entrypoint: entrypoint(),
+    let bad_args = Provider::Process(ProcessProvider {
+        entrypoint: Some(entrypoint()),
         command: sh(CAT),
         extra_args: vec!["--log-format".into(), "xml".into()],
-    };
+    });
     let started = Instant::now();
     let err = Sidecar::start(dir.path(), bad_args, opts()).unwrap_err();
     assert!(matches!(err, ShimError::SidecarExited { .. }), "{err}");
     assert!(err.to_string().contains("exit status"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(30));
 
-    let missing = Provider::Process {
-        entrypoint: "/nonexistent/sidecar-entrypoint".into(),
+    let missing = Provider::Process(ProcessProvider {
+        entrypoint: Some("/nonexistent/sidecar-entrypoint".into()),
         command: sh(CAT),
         extra_args: Vec::new(),
-    };
+    });
     let err = Sidecar::start(dir.path(), missing, opts()).unwrap_err();
     assert!(matches!(err, ShimError::EntrypointNotFound { .. }), "{err}");
     assert!(

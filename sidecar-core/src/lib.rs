@@ -38,12 +38,34 @@
 //! * **Liveness** ([`liveness`]): heartbeat and lease files carry a sequence
 //!   number; a monitor judges staleness by when the content last changed on
 //!   its own clock, so no two clocks need to agree.
-//! * **State machine** ([`state`], [`protocol`]): a pure transition function,
-//!   and a protocol driver over injected waiter, runner and flag writer.
+//! * **State machine** ([`state`], [`protocol`]): a pure transition function
+//!   that drives: [`protocol::drive`] asks the part owning the current state
+//!   for the next event and the machine for where it leads, so an event out
+//!   of order is an error, not a silently reordered run. Waiter, runner and
+//!   flag writer are injected.
+//! * **One implementation of the effects** ([`files`]): the file-backed
+//!   waiter and flag writer of both modes, and the executor's side of the
+//!   flags, used by the entrypoint, the shim, the benchmark and the tests.
 //! * **Fencing** ([`id`]): task ids carry partition and attempt.
 //! * **Safety** ([`safepath`], [`manifest`]): paths from the other side are
 //!   validated and opened without following links; outputs are read only
 //!   if listed, and verified by size and checksum as they are read.
+//!
+//! ## Where things live
+//!
+//! | module | what |
+//! |---|---|
+//! | [`layout`] | every path of both modes |
+//! | [`record`] | the JSON records (`ready`, task spec, outcome), bounded reads |
+//! | [`id`] | task ids (fencing) |
+//! | [`state`] | the pure state machine |
+//! | [`protocol`] | the driver and its traits (`Waiter`, `Runner`, `FlagWriter`) |
+//! | [`files`] | the file-backed effects: sidecar side and executor side |
+//! | [`atomic`] | dot-temporary + rename writes |
+//! | [`wait`] | inotify waits with a polling fallback |
+//! | [`liveness`] | heartbeat and lease: beating, and judging by content |
+//! | [`safepath`], [`manifest`] | path safety, output manifests and verified reads |
+//! | [`procfs`] | the few `/proc` facts both sides read |
 //!
 //! ## Known problems
 //!
@@ -80,6 +102,7 @@
 //! ```
 
 pub mod atomic;
+pub mod files;
 pub mod id;
 pub mod layout;
 pub mod liveness;

@@ -324,6 +324,19 @@ impl Outcome {
         }
     }
 
+    /// Sets `finished_at` to now, and `duration_ms` to match.
+    pub fn finish_now(&mut self) {
+        self.finished_at = Timestamp::now();
+        self.duration_ms = self
+            .finished_at
+            .0
+            .duration_since(self.started_at.0)
+            .unwrap_or_default()
+            .as_millis()
+            .try_into()
+            .unwrap_or(u64::MAX);
+    }
+
     /// Parses a done flag's content.
     pub fn parse(bytes: &[u8], path: &Path) -> Result<Self, RecordError> {
         if bytes.iter().all(u8::is_ascii_whitespace) {

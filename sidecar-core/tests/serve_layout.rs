@@ -8,13 +8,16 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use sidecar_core::files::ExecutorFlags;
 use sidecar_core::record::{read_flag, InputSpec, Outcome, TaskSpec};
+use sidecar_core::state::TaskState;
 use sidecar_core::wait::{Watch, WatchConfig, WatchMode};
 use sidecar_core::{atomic, Format, Status, TaskId, Volume};
 
 use common::NoopSidecar;
 
-/// The executor side of one task: stage, start, wait, collect, close.
+/// The executor side of one task: stage, start, wait, collect, close,
+/// through the executor's side of the flags.
 fn one_task(volume: &Volume, watch: &Watch, id: &TaskId) -> Outcome {
     let task = volume.task(id);
     std::fs::create_dir(task.root()).unwrap();
@@ -34,23 +37,18 @@ fn one_task(volume: &Volume, watch: &Watch, id: &TaskId) -> Outcome {
         }),
         ..Default::default()
     };
-    atomic::write_atomic(
-        &task.start_flag(),
-        &serde_json::to_vec(&spec).unwrap(),
-        Default::default(),
-    )
-    .unwrap();
-    let done = task.done_flag();
-    watch
+    let flags = ExecutorFlags::new(task.clone());
+    flags.start(&spec).unwrap();
+    let outcome = watch
         .wait_until(
             "done_flag",
             Some(Instant::now() + Duration::from_secs(60)),
-            || Ok::<_, sidecar_core::wait::WaitError>(done.exists().then_some(())),
+            || flags.outcome(),
         )
         .unwrap();
-    let outcome = Outcome::parse(&read_flag(&done, "outcome").unwrap(), &done).unwrap();
     watch.remove(task.root());
-    atomic::touch_atomic(&task.close_flag()).unwrap();
+    flags.close().unwrap();
+    assert_eq!(flags.state(), TaskState::Closed);
     outcome
 }
 

@@ -27,7 +27,8 @@
 //!   `cancel_flag`, its deadline, a stale `executor/lease` or our own
 //!   SIGTERM; removes a task directory after its `close_flag`; drains and
 //!   exits 0 on the root `close_flag`. A task whose `done_flag` already
-//!   exists (a restarted sidecar) is never run again, only closed.
+//!   exists (a restarted sidecar) is never run again, only closed
+//!   ([`sidecar_core::protocol::resume_done`]).
 //!
 //! Discovery in serve mode is a recursive inotify watch on `tasks/` plus a
 //! rescan on every event and tick: a file created in a new directory before
@@ -59,6 +60,23 @@
 //! (`done_flag` with status `cancelled`, the reason naming the signal), kills
 //! every remaining descendant (found through `/proc`), and exits 128+signal.
 //! No descendant outlives it, whatever the exit path.
+//!
+//! ## Where things live
+//!
+//! | module | what |
+//! |---|---|
+//! | `main` | PID-1 duties in order (subreaper, logging, runtime, signals), the exit-code table ([`exit_code`]) |
+//! | `cli` | the command line, as plain data |
+//! | `oneshot` | the Foundry layout: [`sidecar_core::protocol::drive`] over the core's file-backed flags and a runner that stamps the output into `logfile` |
+//! | `serve` | discovery, slots, lease, drain; each task driven over the same flags and a runner per task |
+//! | `supervisor` | every child process: spawn in its own group, the one reaper, TERM/grace/KILL, killing descendants |
+//! | `output` | timestamped log lines, stderr tails |
+//! | `init` | `--init-script` |
+//! | `check` | `check`: the image and runtime validated |
+//!
+//! The protocol's file effects (reading the spec, waiting for flags,
+//! writing the outcome with the full-disk fallback, cleaning up) are not
+//! here: both modes use [`sidecar_core::files::FileFlags`].
 //!
 //! ## Exit codes
 //!
@@ -112,7 +130,6 @@
 
 mod check;
 mod cli;
-mod flags;
 mod init;
 mod oneshot;
 mod output;
@@ -126,7 +143,9 @@ use clap::Parser;
 use tokio::sync::watch;
 
 use crate::cli::{Cli, LogFormat, Mode, Sub};
-use crate::supervisor::{ExitInfo, Supervisor};
+use sidecar_core::files::{Stop, StopSender};
+
+use crate::supervisor::Supervisor;
 
 /// Locks `m`, poisoned or not. A poisoned lock only means a panic on
 /// another thread; every state behind the entrypoint's locks stays
@@ -140,8 +159,12 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub enum End {
     /// Everything went as asked.
     Success,
-    /// The command ended like this (oneshot).
-    Child(ExitInfo),
+    /// The command ended like this (oneshot): its exit code, or the signal
+    /// that killed it.
+    Child {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
     /// We were stopped by this signal.
     Signalled(i32),
     /// The command could not be started.
@@ -161,8 +184,8 @@ pub fn exit_code(end: &End) -> u8 {
     let clamp = |c: i32| u8::try_from(c.clamp(0, 255)).unwrap_or(255);
     match end {
         End::Success => 0,
-        End::Child(exit) => match (exit.code, exit.signal) {
-            (Some(c), _) => clamp(c),
+        End::Child { code, signal } => match (code, signal) {
+            (Some(c), _) => clamp(*c),
             (None, Some(s)) => clamp(128 + s),
             (None, None) => 70,
         },
@@ -184,10 +207,18 @@ pub struct Ctx {
     pub sup: Supervisor,
     /// Set to the signal number when SIGTERM or SIGINT arrives.
     pub shutdown: watch::Receiver<Option<i32>>,
+    /// Raised at the same time, with the reason naming the signal: ends the
+    /// protocol's waits.
+    pub stop: Stop,
     pub grace: Duration,
 }
 
 impl Ctx {
+    /// A stop raised when a stop signal arrives.
+    pub fn stop(&self) -> Stop {
+        self.stop.clone()
+    }
+
     /// The signal that asked us to stop, if one did.
     pub fn signalled(&self) -> Option<i32> {
         *self.shutdown.borrow()
@@ -297,6 +328,8 @@ async fn run(cli: Cli) -> End {
     let sup = Supervisor::new();
     let reaper = tokio::spawn(sup.clone().run_reaper());
     let (tx, rx) = watch::channel(None);
+    let (stop_tx, stop) = Stop::new();
+    let stop_tx = std::sync::Arc::new(stop_tx);
     for kind in [
         tokio::signal::unix::SignalKind::terminate(),
         tokio::signal::unix::SignalKind::interrupt(),
@@ -304,11 +337,10 @@ async fn run(cli: Cli) -> End {
     ] {
         match tokio::signal::unix::signal(kind) {
             Ok(mut s) => {
-                let tx = tx.clone();
+                let (tx, stop_tx) = (tx.clone(), std::sync::Arc::clone(&stop_tx));
                 tokio::spawn(async move {
                     if s.recv().await.is_some() {
-                        tracing::info!("received {}", supervisor::signal_name(kind.as_raw_value()));
-                        let _ = tx.send(Some(kind.as_raw_value()));
+                        raise(&tx, &stop_tx, kind.as_raw_value());
                     }
                 });
             }
@@ -318,6 +350,7 @@ async fn run(cli: Cli) -> End {
     let ctx = Ctx {
         sup: sup.clone(),
         shutdown: rx,
+        stop,
         grace: cli.run.grace,
     };
     let end = match cli.sub {
@@ -333,7 +366,7 @@ async fn run(cli: Cli) -> End {
     let end = match (ctx.signalled(), end) {
         // A usage error or an init failure is still the truth; otherwise a
         // stop signal decides the exit status.
-        (Some(s), End::Success | End::Child(_) | End::Internal(_) | End::InitFailed(_)) => {
+        (Some(s), End::Success | End::Child { .. } | End::Internal(_) | End::InitFailed(_)) => {
             End::Signalled(s)
         }
         (_, end) => end,
@@ -346,23 +379,26 @@ async fn run(cli: Cli) -> End {
     end
 }
 
+/// A stop signal arrived: tell every part of the run.
+fn raise(tx: &watch::Sender<Option<i32>>, stop: &StopSender, sig: i32) {
+    let name = supervisor::signal_name(sig);
+    tracing::info!("received {name}");
+    let _ = tx.send(Some(sig));
+    stop.raise(format!("the sidecar entrypoint received {name}"));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn exit_code_table() {
-        let exit = |code, signal| ExitInfo {
-            code,
-            signal,
-            cpu_ms: 0,
-            max_rss_kib: 0,
-        };
+        let exit = |code, signal| End::Child { code, signal };
         let cases: Vec<(End, u8)> = vec![
             (End::Success, 0),
-            (End::Child(exit(Some(0), None)), 0),
-            (End::Child(exit(Some(3), None)), 3),
-            (End::Child(exit(None, Some(9))), 137),
+            (exit(Some(0), None), 0),
+            (exit(Some(3), None), 3),
+            (exit(None, Some(9)), 137),
             (End::Signalled(15), 143),
             (End::Signalled(2), 130),
             (End::SpawnFailed(std::io::ErrorKind::NotFound), 127),

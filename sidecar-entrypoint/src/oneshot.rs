@@ -1,22 +1,28 @@
 //! oneshot mode: one task, the volume root is its directory (the Foundry
 //! layout: `start_flag`, `done_flag`, `close_flag`, `logfile`).
+//!
+//! The task is [`sidecar_core::protocol::drive`] over the core's file-backed
+//! flags ([`FileFlags`] with [`TaskFiles::oneshot`]) and this module's
+//! [`OneshotRunner`], which runs the command with its combined output
+//! stamped into `logfile`.
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use sidecar_core::files::{FileFlags, TaskFiles};
 use sidecar_core::id::TaskId;
-use sidecar_core::layout::Volume;
-use sidecar_core::protocol::{self, Exit, FlagWriter, ProtocolError, Runner, Start, Waiter};
-use sidecar_core::record::{Outcome, OutputFile, Status, TaskSpec};
-use sidecar_core::wait::{WaitError, Watch};
+use sidecar_core::protocol::{self, Cause, Event, Exit, Finish, Reject, Runner};
+use sidecar_core::record::{Status, TaskSpec};
+use sidecar_core::wait::Watch;
 
 use crate::cli::{RunArgs, UserCommand};
 use crate::output::{pump_lines, Tail};
-use crate::supervisor::{Spawn, Stop};
-use crate::{lock, Ctx, End};
+use crate::supervisor::{Child, Ended, Spawn, Stop as Stopped};
+use crate::{Ctx, End};
 
 /// The task id oneshot outcomes carry.
 pub const ONESHOT_TASK_ID: &str = "oneshot";
@@ -39,123 +45,99 @@ async fn run_inner(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> anyhow::Resul
     if let Err(e) = crate::init::run_all(ctx, &args.init_scripts, &env).await {
         return Ok(End::InitFailed(e.into()));
     }
-    let watch = Watch::new(args.watch_config()).context("cannot watch the volume")?;
+    let watch = Arc::new(Watch::new(args.watch_config()).context("cannot watch the volume")?);
     watch
         .add(&root, false)
         .with_context(|| format!("cannot watch {}", root.display()))?;
     let task = TaskId::new(ONESHOT_TASK_ID).context("task id")?;
-    let parts = Parts {
+    let flags = FileFlags::new(TaskFiles::oneshot(&volume), watch, ctx.stop());
+    let runner = OneshotRunner {
         ctx,
-        volume,
-        watch,
+        root,
         cmd,
         timeout: args.timeout,
-        spawn_error: Mutex::new(None),
-        invalid: Mutex::new(false),
     };
-    tracing::info!(volume = %root.display(), command = %parts.cmd.shown, "oneshot: waiting for start_flag");
-    let outcome = protocol::drive(&task, &parts, &parts, &parts).await;
+    tracing::info!(volume = %volume.root().display(), command = %runner.cmd.shown, "oneshot: waiting for start_flag");
+    let finish = protocol::drive(&task, &flags, &runner, &flags).await;
     if let Some(sig) = ctx.signalled() {
         return Ok(End::Signalled(sig));
     }
-    let outcome = outcome?;
-    tracing::info!(status = %outcome.status, "oneshot: closed");
-    if let Some(kind) = *lock(&parts.spawn_error) {
-        return Ok(End::SpawnFailed(kind));
-    }
-    if *lock(&parts.invalid) {
-        anyhow::bail!(
-            "{}",
-            outcome
-                .reason
-                .unwrap_or_else(|| "invalid start_flag".into())
-        );
-    }
-    Ok(match outcome.status {
-        Status::Succeeded => End::Success,
-        _ => End::Child(crate::supervisor::ExitInfo {
-            code: outcome.exit_code,
-            signal: outcome.signal,
-            cpu_ms: 0,
-            max_rss_kib: 0,
-        }),
+    Ok(match finish? {
+        Finish::Abandoned | Finish::Resumed => {
+            tracing::info!("oneshot: closed before it started");
+            End::Success
+        }
+        Finish::Done { outcome, cause } => {
+            tracing::info!(status = %outcome.status, "oneshot: closed");
+            end_of(cause)
+        }
     })
 }
 
-/// The real waiter, runner and flag writer of oneshot mode.
+/// How the entrypoint ends after its one task.
+fn end_of(cause: Cause) -> End {
+    match cause {
+        Cause::Exited(exit) if exit.status == Status::Succeeded => End::Success,
+        Cause::Exited(exit) => End::Child {
+            code: exit.exit_code,
+            signal: exit.signal,
+        },
+        Cause::Rejected(Reject::Spawn { source, .. }) => End::SpawnFailed(source.kind()),
+        Cause::Rejected(other) => End::Internal(other.into()),
+        Cause::Cancelled(why) => End::Internal(anyhow::anyhow!("cancelled: {why}")),
+    }
+}
+
+/// Runs the command in the volume, its output stamped into `logfile`.
 #[derive(Debug)]
-struct Parts<'a> {
+struct OneshotRunner<'a> {
     ctx: &'a Ctx,
-    volume: Volume,
-    watch: Watch,
+    root: PathBuf,
     cmd: UserCommand,
     timeout: Option<Duration>,
-    spawn_error: Mutex<Option<std::io::ErrorKind>>,
-    invalid: Mutex<bool>,
 }
 
-impl Parts<'_> {
-    async fn wait_file(&self, task: &TaskId, path: &std::path::Path) -> Result<(), ProtocolError> {
-        let what = path.display().to_string();
-        let wait = self.watch.wait_until_async(&what, None, || {
-            Ok::<_, WaitError>(path.exists().then_some(()))
-        });
-        tokio::select! {
-            r = wait => r.map_err(|e| ProtocolError::Aborted { task: task.clone(), message: e.to_string() }),
-            reason = self.ctx.shutdown_reason() => Err(ProtocolError::Aborted { task: task.clone(), message: reason }),
-        }
-    }
+/// The running command and the thread copying its output.
+#[derive(Debug)]
+struct Running {
+    child: Child,
+    tail: Tail,
+    output_done: tokio::sync::oneshot::Receiver<()>,
 }
 
-impl Waiter for Parts<'_> {
-    async fn wait_start(&self, task: &TaskId) -> Result<Start, ProtocolError> {
-        let path = self.volume.start_flag();
-        self.wait_file(task, &path).await?;
-        Ok(match crate::flags::read_spec(&path) {
-            Ok(spec) => Start::Spec(spec),
-            Err(e) => {
-                *lock(&self.invalid) = true;
-                Start::Invalid(e.to_string())
-            }
-        })
+impl OneshotRunner<'_> {
+    fn setup_error(path: PathBuf) -> impl FnOnce(std::io::Error) -> Reject {
+        move |source| Reject::Setup { path, source }
     }
 
-    async fn wait_close(&self, task: &TaskId) -> Result<(), ProtocolError> {
-        tracing::info!("oneshot: done_flag written, waiting for close_flag");
-        self.wait_file(task, &self.volume.close_flag()).await
-    }
-}
-
-impl Runner for Parts<'_> {
-    async fn run(&self, _task: &TaskId, spec: &TaskSpec) -> Result<Exit, String> {
-        let root = self.volume.root();
-        let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
+    fn start(&self, spec: &TaskSpec) -> Result<Running, Reject> {
+        let logfile = self.root.join(sidecar_core::layout::LOGFILE);
+        let (reader, writer) = std::io::pipe().map_err(Self::setup_error(logfile.clone()))?;
         let writer2 = writer
             .try_clone()
-            .map_err(|e| format!("cannot make a pipe: {e}"))?;
+            .map_err(Self::setup_error(logfile.clone()))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&logfile)
+            .map_err(Self::setup_error(logfile.clone()))?;
         let mut s = Spawn::new(self.cmd.program.clone(), self.cmd.args.clone());
-        s.cwd = Some(root.to_owned());
+        s.cwd = Some(self.root.clone());
         s.env
-            .push(("SHARED_DIR".into(), root.as_os_str().to_owned()));
+            .push(("SHARED_DIR".into(), self.root.as_os_str().to_owned()));
         for (k, v) in &spec.env {
             s.env.push((k.into(), v.into()));
         }
         s.stdout = writer.into();
         s.stderr = writer2.into();
-        let logfile = self.volume.logfile();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&logfile)
-            .map_err(|e| format!("cannot open {}: {e}", logfile.display()))?;
         // Spawn consumes the Spawn (and with it our write ends of the pipe).
-        let child = self.ctx.sup.spawn(s).map_err(|e| {
-            *lock(&self.spawn_error) = Some(e.kind());
-            format!("cannot run {:?}: {e}", self.cmd.program.to_string_lossy())
+        let child = self.ctx.sup.spawn(s).map_err(|source| Reject::Spawn {
+            program: self.cmd.program.to_string_lossy().into_owned(),
+            source,
         })?;
         tracing::info!(pid = child.pid(), command = %self.cmd.shown, "oneshot: command started");
         let tail = Tail::default();
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let (done_tx, output_done) = tokio::sync::oneshot::channel();
         let pump_tail = tail.clone();
         let pump = std::thread::Builder::new()
             .name("output".into())
@@ -170,22 +152,45 @@ impl Runner for Parts<'_> {
         if let Err(e) = pump {
             tracing::warn!("cannot start the output thread: {e}");
         }
+        Ok(Running {
+            child,
+            tail,
+            output_done,
+        })
+    }
+}
+
+impl Runner for OneshotRunner<'_> {
+    type Child = Running;
+
+    async fn spawn(&self, _task: &TaskId, spec: &TaskSpec) -> Event<Running> {
+        match self.start(spec) {
+            Ok(running) => Event::Spawned(running),
+            Err(reject) => Event::Rejected(reject),
+        }
+    }
+
+    async fn wait(&self, _task: &TaskId, spec: &TaskSpec, running: Running) -> Event<Running> {
         let limit = spec.timeout().or(self.timeout);
         let deadline = limit.map(|l| (tokio::time::Instant::now() + l, l));
-        let ended = child
+        let ended = running
+            .child
             .supervise(deadline, self.ctx.shutdown_cancel(), self.ctx.grace)
             .await;
-        if tokio::time::timeout(DRAIN, done_rx).await.is_err() {
+        if tokio::time::timeout(DRAIN, running.output_done)
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 "the command's output is still open {DRAIN:?} after it ended; not waiting further"
             );
         }
-        Ok(exit_from(&ended, tail.text()))
+        Event::Exited(exit_from(&ended, running.tail.text()))
     }
 }
 
 /// The protocol's view of how a supervised child ended.
-pub fn exit_from(ended: &crate::supervisor::Ended, stderr_tail: String) -> Exit {
+pub fn exit_from(ended: &Ended, stderr_tail: String) -> Exit {
     let e = ended.exit;
     let mut exit = match e.code {
         Some(code) => Exit::code(code),
@@ -204,7 +209,7 @@ pub fn exit_from(ended: &crate::supervisor::Ended, stderr_tail: String) -> Exit 
     exit.max_rss_kib = Some(e.max_rss_kib);
     exit.stderr_tail = stderr_tail;
     match &ended.stopped {
-        Some(Stop::TimedOut(limit)) => {
+        Some(Stopped::TimedOut(limit)) => {
             exit.status = Status::TimedOut;
             exit.reason = Some(format!(
                 "timed out after {} (the command ended with {})",
@@ -212,7 +217,7 @@ pub fn exit_from(ended: &crate::supervisor::Ended, stderr_tail: String) -> Exit 
                 e.describe()
             ));
         }
-        Some(Stop::Cancelled(why)) => {
+        Some(Stopped::Cancelled(why)) => {
             exit.status = Status::Cancelled;
             exit.reason = Some(format!(
                 "cancelled: {why} (the command ended with {})",
@@ -222,20 +227,4 @@ pub fn exit_from(ended: &crate::supervisor::Ended, stderr_tail: String) -> Exit 
         None => {}
     }
     exit
-}
-
-impl FlagWriter for Parts<'_> {
-    fn manifest(&self, _task: &TaskId) -> Result<Vec<OutputFile>, String> {
-        // oneshot outputs are named by the executor (the Foundry layout has
-        // no output directory): nothing to list.
-        Ok(Vec::new())
-    }
-
-    fn write_done(&self, task: &TaskId, outcome: &Outcome) -> Result<(), ProtocolError> {
-        crate::flags::write_outcome(&self.volume.done_flag(), task, outcome)
-    }
-
-    fn cleanup(&self, _task: &TaskId) -> Result<(), ProtocolError> {
-        Ok(())
-    }
 }

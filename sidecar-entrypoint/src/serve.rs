@@ -20,18 +20,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use sidecar_core::atomic::{write_atomic, Durability};
+use sidecar_core::files::{FileFlags, StopSender, TaskFiles};
 use sidecar_core::id::TaskId;
 use sidecar_core::layout::{is_hidden, TaskDir, Volume};
 use sidecar_core::liveness::{Beater, Liveness, Monitor};
-use sidecar_core::protocol::{self, Exit, FlagWriter, ProtocolError, Runner, Start, Waiter};
-use sidecar_core::record::{Outcome, OutputFile, Ready, Status, TaskSpec, Timestamp};
+use sidecar_core::manifest::ManifestError;
+use sidecar_core::protocol::{self, Event, Finish, FlagWriter, ProtocolError, Reject, Runner};
+use sidecar_core::record::{read_flag, Outcome, OutputFile, Ready, Status, TaskSpec, Timestamp};
 use sidecar_core::wait::{WaitError, Watch};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::cli::{RunArgs, UserCommand};
-use crate::flags::write_outcome;
 use crate::oneshot::exit_from;
-use crate::supervisor::{Cancel, Spawn};
+use crate::supervisor::{Cancel, Child, Spawn};
 use crate::{lock, Ctx, End};
 
 /// The longest the main loop sleeps without an event.
@@ -40,6 +41,9 @@ const MAX_TICK: Duration = Duration::from_millis(250);
 /// How long in-flight tasks get, after a stop signal, to write their done
 /// flags beyond the grace.
 const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
+
+/// Why a done task's directory outlives the sidecar.
+const DRAINING: &str = "the sidecar is shutting down; task directory left in place";
 
 pub async fn run(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> End {
     match run_inner(ctx, args, cmd).await {
@@ -53,15 +57,16 @@ pub async fn run(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> End {
 struct Server {
     ctx: Ctx,
     volume: Volume,
-    watch: Watch,
+    watch: Arc<Watch>,
     cmd: UserCommand,
     timeout: Option<Duration>,
     slots: Arc<Semaphore>,
     /// Lease aborts: (epoch, reason). A task is aborted by every epoch
     /// after the one current when it was discovered.
     abort: watch::Sender<(u64, String)>,
-    /// Set on the root close_flag: drivers stop waiting for close flags.
-    draining: watch::Sender<bool>,
+    /// Raised on the root close_flag or a stop signal: drivers stop waiting
+    /// for close flags.
+    stop: StopSender,
     /// Tasks whose done flag is not written yet.
     pending: watch::Sender<usize>,
     /// Tasks being driven (by id).
@@ -102,7 +107,7 @@ async fn run_inner(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> anyhow::Resul
             .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
             .unwrap_or(1)
     });
-    let watch = Watch::new(args.watch_config()).context("cannot watch the volume")?;
+    let watch = Arc::new(Watch::new(args.watch_config()).context("cannot watch the volume")?);
     watch
         .add(&root, false)
         .with_context(|| format!("cannot watch {}", root.display()))?;
@@ -130,7 +135,7 @@ async fn run_inner(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> anyhow::Resul
         timeout: args.timeout,
         slots: Arc::new(Semaphore::new(parallel as usize)),
         abort: watch::Sender::new((0, String::new())),
-        draining: watch::Sender::new(false),
+        stop: sidecar_core::files::Stop::new().0,
         pending: watch::Sender::new(0),
         active: Mutex::new(HashSet::new()),
     });
@@ -147,13 +152,16 @@ async fn serve_loop(server: &Arc<Server>, args: &RunArgs) -> End {
     let mut lease: Option<Monitor> = None;
     loop {
         if let Some(sig) = server.ctx.signalled() {
+            server
+                .stop
+                .raise(server.ctx.stop().reason().unwrap_or_default());
             tracing::info!("stopping: waiting for in-flight tasks to record their outcome");
             wait_pending(server, Some(server.ctx.grace + SHUTDOWN_SLACK)).await;
             return End::Signalled(sig);
         }
         if server.volume.close_flag().exists() {
             tracing::info!("close_flag: no new tasks; draining in-flight tasks");
-            server.draining.send_replace(true);
+            server.stop.raise(DRAINING);
             wait_pending(server, None).await;
             tracing::info!("drained; exiting");
             return End::Success;
@@ -179,7 +187,7 @@ async fn serve_loop(server: &Arc<Server>, args: &RunArgs) -> End {
                     });
                     lease = None;
                     if args.exit_on_orphan {
-                        server.draining.send_replace(true);
+                        server.stop.raise(DRAINING);
                         wait_pending(server, Some(server.ctx.grace + SHUTDOWN_SLACK)).await;
                         tracing::info!("orphaned (--exit-on-orphan): exiting");
                         return End::Success;
@@ -263,77 +271,86 @@ fn discover(server: &Arc<Server>, warned: &mut HashSet<OsString>) -> bool {
         if !lock(&server.active).insert(id.clone()) {
             continue;
         }
-        if task.done_flag().exists() {
-            // Done before (a restarted sidecar): never run a task twice;
-            // only wait for its close flag.
-            tracing::info!(task = %id, "task already done; waiting for its close_flag");
-            tokio::spawn(close_only(Arc::clone(server), task));
-            continue;
-        }
-        server.pending.send_modify(|n| *n += 1);
-        let parts = TaskParts {
-            server: Arc::clone(server),
-            task,
-            epoch: server.abort.borrow().0,
-            stream: AtomicBool::new(false),
-            counted: AtomicBool::new(false),
-        };
-        tracing::info!(task = %id, "task discovered");
-        tokio::spawn(async move {
-            let id = parts.task.id().clone();
-            let result = protocol::drive(&id, &parts, &parts, &parts).await;
-            parts.mark_done();
-            match result {
-                Ok(outcome) => {
-                    tracing::info!(task = %id, status = %outcome.status, "task closed");
-                    lock(&parts.server.active).remove(&id);
-                }
-                Err(e) => {
-                    tracing::warn!("{e}");
-                    // Forget a task whose directory is gone; keep one that
-                    // is still there, so it is not run twice.
-                    if !parts.task.root().exists() {
-                        lock(&parts.server.active).remove(&id);
-                    }
-                }
-            }
-        });
+        tokio::spawn(drive_task(Arc::clone(server), task));
     }
     staging
 }
 
-/// A task whose done flag exists already: wait for its close flag, clean up.
-async fn close_only(server: Arc<Server>, task: TaskDir) {
+/// Drives one discovered task to its end. A task whose done flag exists
+/// already (a restarted sidecar) is never run again, only closed.
+async fn drive_task(server: Arc<Server>, task: TaskDir) {
     let id = task.id().clone();
+    // Any done flag counts (an unreadable one too: the task may have run).
+    let done_before = std::fs::symlink_metadata(task.done_flag()).ok().map(|_| {
+        read_flag(&task.done_flag(), "outcome")
+            .ok()
+            .and_then(|b| Outcome::parse(&b, &task.done_flag()).ok())
+            .map_or(Status::Failed, |o| o.status)
+    });
+    if done_before.is_none() {
+        server.pending.send_modify(|n| *n += 1);
+    }
     let parts = TaskParts {
-        server,
+        flags: FileFlags::new(
+            TaskFiles::serve(&task),
+            Arc::clone(&server.watch),
+            server.stop.subscribe(),
+        ),
+        epoch: server.abort.borrow().0,
+        counted: AtomicBool::new(done_before.is_some()),
+        server: Arc::clone(&server),
         task,
-        epoch: 0,
-        stream: AtomicBool::new(false),
-        counted: AtomicBool::new(true),
     };
-    match parts
-        .wait_close(&id)
-        .await
-        .and_then(|()| parts.cleanup(&id))
-    {
-        Ok(()) => {
-            tracing::info!(task = %id, "task closed");
-            lock(&parts.server.active).remove(&id);
+    let result = match done_before {
+        Some(status) => {
+            tracing::info!(task = %id, "task already done; waiting for its close_flag");
+            protocol::resume_done(&id, status, &parts.flags, &parts, &parts).await
         }
-        Err(e) => tracing::warn!("{e}"),
+        None => {
+            tracing::info!(task = %id, "task discovered");
+            protocol::drive(&id, &parts.flags, &parts, &parts).await
+        }
+    };
+    parts.mark_done();
+    match result {
+        Ok(finish) => {
+            let status = match &finish {
+                Finish::Done { outcome, .. } => outcome.status.to_string(),
+                Finish::Abandoned => "abandoned".into(),
+                Finish::Resumed => "resumed".into(),
+            };
+            tracing::info!(task = %id, status, "task closed");
+            lock(&server.active).remove(&id);
+        }
+        Err(e) => {
+            tracing::warn!("{e}");
+            // Forget a task whose directory is gone; keep one that is
+            // still there, so it is not run twice.
+            if !parts.task.root().exists() {
+                lock(&server.active).remove(&id);
+            }
+        }
     }
 }
 
-/// One task's waiter, runner and flag writer.
+/// One task's runner and flag writer; its waiter is [`TaskParts::flags`].
 #[derive(Debug)]
 struct TaskParts {
     server: Arc<Server>,
     task: TaskDir,
+    /// The file-backed flags: the waiter, and the writer this one wraps.
+    flags: FileFlags,
     /// The lease-abort epoch when the task was discovered.
     epoch: u64,
-    stream: AtomicBool,
+    /// Whether the task no longer counts as pending (its outcome written).
     counted: AtomicBool,
+}
+
+/// A running logic and the slot it holds.
+#[derive(Debug)]
+struct Running {
+    child: Child,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl TaskParts {
@@ -342,13 +359,6 @@ impl TaskParts {
             self.server
                 .pending
                 .send_modify(|n| *n = n.saturating_sub(1));
-        }
-    }
-
-    fn aborted(&self, task: &TaskId, message: impl Into<String>) -> ProtocolError {
-        ProtocolError::Aborted {
-            task: task.clone(),
-            message: message.into(),
         }
     }
 
@@ -386,12 +396,16 @@ impl TaskParts {
     }
 
     /// The environment of the logic.
-    fn env(&self, spec: &TaskSpec) -> Result<Vec<(OsString, OsString)>, String> {
+    fn env(&self, spec: &TaskSpec) -> Result<Vec<(OsString, OsString)>, Reject> {
+        let refused = |why: String| Reject::Refused {
+            path: self.task.start_flag(),
+            why,
+        };
         let input_dir = self.task.input();
         let input = match spec.input.as_ref().and_then(|i| i.files.first()) {
             Some(f) => {
                 let rel = sidecar_core::safepath::validate_relative(f)
-                    .map_err(|e| format!("input file: {e}"))?;
+                    .map_err(|e| refused(format!("input file: {e}")))?;
                 input_dir.join(rel)
             }
             None => input_dir.join(format!("part.{}", spec.input_format().extension())),
@@ -413,9 +427,9 @@ impl TaskParts {
         ];
         for (k, v) in &spec.env {
             if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-                return Err(format!(
+                return Err(refused(format!(
                     "invalid environment variable {k:?} in the task spec"
-                ));
+                )));
             }
             env.push((k.into(), v.into()));
         }
@@ -423,12 +437,19 @@ impl TaskParts {
     }
 
     /// Creates `output/` and opens the capture files, never through links.
-    fn prepare(&self) -> Result<(std::fs::File, std::fs::File), String> {
+    fn prepare(&self) -> Result<(std::fs::File, std::fs::File), Reject> {
         let out = self.task.output();
         match std::fs::symlink_metadata(&out) {
-            Ok(_) => sidecar_core::safepath::ensure_real_dir(&out).map_err(|e| e.to_string())?,
-            Err(_) => std::fs::create_dir(&out)
-                .map_err(|e| format!("cannot create {}: {e}", out.display()))?,
+            Ok(_) => {
+                sidecar_core::safepath::ensure_real_dir(&out).map_err(|e| Reject::Refused {
+                    path: out.clone(),
+                    why: e.to_string(),
+                })?
+            }
+            Err(_) => std::fs::create_dir(&out).map_err(|source| Reject::Setup {
+                path: out.clone(),
+                source,
+            })?,
         }
         let open = |p: PathBuf| {
             OpenOptions::new()
@@ -437,21 +458,35 @@ impl TaskParts {
                 .truncate(true)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&p)
-                .map_err(|e| format!("cannot create {}: {e}", p.display()))
+                .map_err(|source| Reject::Setup { path: p, source })
         };
         Ok((open(self.task.stdout())?, open(self.task.stderr())?))
     }
 
-    fn cancelled_before_start(reason: String) -> Exit {
-        Exit {
-            status: Status::Cancelled,
-            exit_code: None,
-            signal: None,
-            reason: Some(format!("cancelled before it started: {reason}")),
-            cpu_ms: None,
-            max_rss_kib: None,
-            stderr_tail: String::new(),
-        }
+    /// Starts the logic once a slot is free: `Err(None)` if the task was
+    /// stopped while it waited.
+    async fn start(&self, spec: &TaskSpec) -> Result<Running, Result<Reject, String>> {
+        let env = self.env(spec).map_err(Ok)?;
+        let slot = tokio::select! {
+            biased;
+            c = self.cancelled() => return Err(Err(c.reason)),
+            p = Arc::clone(&self.server.slots).acquire_owned() => p.map_err(|e| Err(e.to_string()))?,
+        };
+        let (stdout, stderr) = self.prepare().map_err(Ok)?;
+        let cmd = &self.server.cmd;
+        let mut s = Spawn::new(cmd.program.clone(), cmd.args.clone());
+        s.cwd = Some(self.task.root().to_owned());
+        s.env = env;
+        s.stdout = stdout.into();
+        s.stderr = stderr.into();
+        let child = self.server.ctx.sup.spawn(s).map_err(|source| {
+            Ok(Reject::Spawn {
+                program: cmd.program.to_string_lossy().into_owned(),
+                source,
+            })
+        })?;
+        tracing::info!(task = %self.task.id(), pid = child.pid(), "logic started");
+        Ok(Running { child, _slot: slot })
     }
 }
 
@@ -462,117 +497,43 @@ impl Drop for TaskParts {
     }
 }
 
-impl Waiter for TaskParts {
-    async fn wait_start(&self, task: &TaskId) -> Result<Start, ProtocolError> {
-        let path = self.task.start_flag();
-        Ok(match crate::flags::read_spec(&path) {
-            Ok(spec) => {
-                tracing::debug!(task = %task, ?spec, "start_flag");
-                self.stream.store(spec.stream, Ordering::SeqCst);
-                Start::Spec(spec)
-            }
-            Err(e) => Start::Invalid(e),
-        })
-    }
-
-    async fn wait_close(&self, task: &TaskId) -> Result<(), ProtocolError> {
-        let close = self.task.close_flag();
-        let root = self.task.root().to_owned();
-        let wait = self.server.watch.wait_until_async("close_flag", None, || {
-            Ok::<_, WaitError>((close.exists() || !root.exists()).then_some(()))
-        });
-        let mut draining = self.server.draining.subscribe();
-        let stopped = tokio::select! {
-            r = wait => return r.map_err(|e| self.aborted(task, e.to_string())),
-            _ = draining.wait_for(|d| *d) => "the sidecar is shutting down; task directory left in place".to_owned(),
-            r = self.server.ctx.shutdown_reason() => r,
-        };
-        // A close_flag raised just before the shutdown, whose event the
-        // watch has not delivered yet, still gets its directory removed.
-        if close.exists() || !root.exists() {
-            return Ok(());
-        }
-        Err(self.aborted(task, stopped))
-    }
-}
-
 impl Runner for TaskParts {
-    async fn run(&self, task: &TaskId, spec: &TaskSpec) -> Result<Exit, String> {
-        let env = self.env(spec)?;
-        let permit = tokio::select! {
-            biased;
-            c = self.cancelled() => return Ok(Self::cancelled_before_start(c.reason)),
-            p = Arc::clone(&self.server.slots).acquire_owned() => p.map_err(|e| e.to_string())?,
-        };
-        let (stdout, stderr) = self.prepare()?;
-        let cmd = &self.server.cmd;
-        let mut s = Spawn::new(cmd.program.clone(), cmd.args.clone());
-        s.cwd = Some(self.task.root().to_owned());
-        s.env = env;
-        s.stdout = stdout.into();
-        s.stderr = stderr.into();
-        let child = self
-            .server
-            .ctx
-            .sup
-            .spawn(s)
-            .map_err(|e| format!("cannot run {:?}: {e}", cmd.program.to_string_lossy()))?;
-        tracing::info!(task = %task, pid = child.pid(), "logic started");
+    type Child = Running;
+
+    async fn spawn(&self, _task: &TaskId, spec: &TaskSpec) -> Event<Running> {
+        match self.start(spec).await {
+            Ok(running) => Event::Spawned(running),
+            Err(Ok(reject)) => Event::Rejected(reject),
+            Err(Err(why)) => Event::Cancelled(why),
+        }
+    }
+
+    async fn wait(&self, _task: &TaskId, spec: &TaskSpec, running: Running) -> Event<Running> {
         let limit = spec.timeout().or(self.server.timeout);
         let deadline = limit.map(|l| (tokio::time::Instant::now() + l, l));
+        let Running { child, _slot } = running;
         let ended = child
             .supervise(deadline, self.cancelled(), self.server.ctx.grace)
             .await;
-        drop(permit);
+        drop(_slot);
         let tail = crate::output::file_tail(&self.task.stderr());
-        Ok(exit_from(&ended, tail))
+        Event::Exited(exit_from(&ended, tail))
     }
 }
 
 impl FlagWriter for TaskParts {
-    fn manifest(&self, _task: &TaskId) -> Result<Vec<OutputFile>, String> {
+    fn manifest(&self, task: &TaskId, spec: &TaskSpec) -> Result<Vec<OutputFile>, ManifestError> {
         // Checksumming can take a while: keep the runtime's other tasks going.
-        tokio::task::block_in_place(|| {
-            sidecar_core::manifest::scan_with(
-                &self.task.output(),
-                self.stream.load(Ordering::SeqCst),
-            )
-        })
-        .map_err(|e| e.to_string())
+        tokio::task::block_in_place(|| self.flags.manifest(task, spec))
     }
 
     fn write_done(&self, task: &TaskId, outcome: &Outcome) -> Result<(), ProtocolError> {
-        if !self.task.root().is_dir() {
-            return Err(self.aborted(task, "the task directory was removed; outcome not written"));
-        }
-        let mut r = write_outcome(&self.task.done_flag(), task, outcome);
-        if let Err(first) = &r {
-            // Most likely a full volume: free what this task's logic wrote
-            // and say so in a smaller outcome, so the executor learns why
-            // instead of waiting for a done flag that never comes.
-            let _ = std::fs::remove_dir_all(self.task.output());
-            let mut failed = outcome.clone();
-            failed.status = sidecar_core::Status::Failed;
-            failed.outputs.clear();
-            failed.reason = Some(format!(
-                "{}{}cannot write the outcome ({first}); the task's output was discarded to free space",
-                outcome.reason.as_deref().unwrap_or(""),
-                if outcome.reason.is_some() { "; " } else { "" },
-            ));
-            r = write_outcome(&self.task.done_flag(), task, &failed);
-        }
+        let written = self.flags.write_done(task, outcome);
         self.mark_done();
-        r
+        written
     }
 
     fn cleanup(&self, task: &TaskId) -> Result<(), ProtocolError> {
-        match std::fs::remove_dir_all(self.task.root()) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(self.aborted(
-                task,
-                format!("cannot remove {}: {e}", self.task.root().display()),
-            )),
-        }
+        self.flags.cleanup(task)
     }
 }

@@ -23,14 +23,13 @@
 use std::fs;
 use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use sidecar_core::record::{Outcome, Status};
 
-const IMAGE: &str = "sidecar-foundry-dd:latest";
 /// Foundry's mount point, `$SHARED_DIR` in the image.
 const SHARED: &str = "/opt/palantir/sidecars/shared-volumes/shared";
 /// The entrypoint's log line once it is ready for `start_flag`.
@@ -40,48 +39,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------- harness
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the crate lives in the workspace")
-        .to_owned()
-}
-
-/// Ok when an engine answers and the image is built; otherwise why not.
-fn docker_ready() -> Result<(), String> {
-    static READY: OnceLock<Result<(), String>> = OnceLock::new();
-    READY
-        .get_or_init(|| {
-            let info = Command::new("docker")
-                .args(["info", "--format", "{{.ServerVersion}}"])
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| format!("cannot run `docker`: {e}"))?;
-            if !info.status.success() {
-                return Err(format!(
-                    "no engine answers `docker info`: {}",
-                    last_line(&info.stderr)
-                ));
-            }
-            let script = workspace_root().join("examples/foundry-dd/build.sh");
-            let build = Command::new("bash")
-                .arg(&script)
-                .env("IMAGE", IMAGE)
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-            if !build.status.success() {
-                return Err(format!(
-                    "cannot build the image with {} ({}): {}",
-                    script.display(),
-                    build.status,
-                    tail(&build.stderr, 5)
-                ));
-            }
-            Ok(())
-        })
-        .clone()
-}
+use sidecar_test_support::{require_docker, IMAGE};
 
 /// The tests take turns (see the module docs).
 fn turn() -> MutexGuard<'static, ()> {
@@ -89,40 +47,11 @@ fn turn() -> MutexGuard<'static, ()> {
     TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-macro_rules! require_docker {
-    () => {
-        if let Err(why) = docker_ready() {
-            if std::env::var_os("SIDECAR_REQUIRE_DOCKER").is_some_and(|v| v == "1") {
-                panic!("docker: {why} (SIDECAR_REQUIRE_DOCKER=1)");
-            }
-            skipped(&why);
-            return;
-        }
-    };
-}
-
-/// Says why a test did not run. Written to the real stderr, past the test
-/// harness's capture, so the reason shows without `--nocapture`.
-fn skipped(why: &str) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr().lock(), "SKIPPED: docker: {why}");
-}
-
 /// A measured figure, as `FIGURE name=value` on the real stdout (past the
-/// harness's capture, like [`skipped`]).
+/// harness's capture, like a `SKIPPED` line).
 fn figure(name: &str, value: impl std::fmt::Display) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stdout().lock(), "FIGURE {name}={value}");
-}
-
-fn last_line(bytes: &[u8]) -> String {
-    tail(bytes, 1)
-}
-
-fn tail(bytes: &[u8], n: usize) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
 fn docker(args: &[&str]) -> Output {

@@ -293,11 +293,7 @@ fn read_only_mount_is_a_clear_error() {
             move || {
                 executor_shim::provider::Sidecar::start(
                     &vol,
-                    executor_shim::provider::Provider::Process {
-                        entrypoint: common::entrypoint(),
-                        command: vec!["/bin/sh".into(), logic.display().to_string()],
-                        extra_args: Vec::new(),
-                    },
+                    common::process_provider(vec!["/bin/sh".into(), logic.display().to_string()]),
                     Default::default(),
                 )
                 .map(|_| ())
@@ -522,14 +518,10 @@ fn shim_sidecar(
     vol: &std::path::Path,
     logic: &std::path::Path,
 ) -> executor_shim::provider::Sidecar {
-    use executor_shim::provider::{Provider, Sidecar, SidecarOptions};
+    use executor_shim::provider::{Sidecar, SidecarOptions};
     Sidecar::start(
         vol,
-        Provider::Process {
-            entrypoint: common::entrypoint(),
-            command: vec!["/bin/sh".into(), logic.display().to_string()],
-            extra_args: Vec::new(),
-        },
+        common::process_provider(vec!["/bin/sh".into(), logic.display().to_string()]),
         SidecarOptions {
             parallel: Some(2),
             heartbeat: Duration::from_millis(100),

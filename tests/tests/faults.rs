@@ -137,11 +137,7 @@ fn options() -> SidecarOptions {
 }
 
 fn provider(logic: &Path) -> Provider {
-    Provider::Process {
-        entrypoint: common::entrypoint(),
-        command: vec!["/bin/sh".into(), logic.display().to_string()],
-        extra_args: Vec::new(),
-    }
+    common::process_provider(vec!["/bin/sh".into(), logic.display().to_string()])
 }
 
 fn request(partition: u64, attempt: u32, stream: bool, rng: &mut impl Rng) -> TaskRequest {
@@ -549,7 +545,7 @@ impl Worker {
                     self.logic.display()
                 ),
             )
-            .env("SIDECAR_E2E_NO_BUILD", "1")
+            .env("SIDECAR_TEST_NO_BUILD", "1")
             .env("SIDECAR_ENTRYPOINT", common::entrypoint())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())

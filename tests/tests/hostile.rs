@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use executor_shim::client::{run_task, TaskContext};
+use executor_shim::client::{run_task, Health, TaskContext};
 use executor_shim::{ShimError, TaskRequest};
 use sidecar_core::atomic::{write_atomic, Durability};
 use sidecar_core::manifest::checksum_file;
@@ -118,11 +118,11 @@ fn run_against(
     let fake = Fake::start(&volume, behaviour);
     let (r, _) = common::within(name, BOUND, move || {
         let watch = Watch::new(WatchConfig::default()).unwrap();
+        let health = Health::new(&volume, STALE, None);
         let ctx = TaskContext {
             volume: &volume,
             watch: &watch,
-            stale_after: STALE,
-            probe: None,
+            health: &health,
         };
         let input = common::batch(3, 1);
         let schema = input.schema();
@@ -377,11 +377,11 @@ fn a_sidecar_that_stops_beating_is_reported_within_the_bound() {
     let beating = Arc::clone(&fake.beating);
     let ((r, took), _) = common::within("hb-stop", BOUND, move || {
         let watch = Watch::new(WatchConfig::default()).unwrap();
+        let health = Health::new(&volume, STALE, None);
         let ctx = TaskContext {
             volume: &volume,
             watch: &watch,
-            stale_after: STALE,
-            probe: None,
+            health: &health,
         };
         let input = common::batch(1, 1);
         let mut req = TaskRequest::new(0, 0);

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use executor_shim::provider::{Provider, Sidecar, SidecarOptions};
+use executor_shim::provider::{Sidecar, SidecarOptions};
 use executor_shim::TaskRequest;
 use sidecar_core::Format;
 
@@ -28,15 +28,11 @@ fn ten_thousand_tasks_none_lost_none_twice() {
     let runs = vol.join("runs.log");
     let sidecar = Sidecar::start(
         &vol,
-        Provider::Process {
-            entrypoint: common::entrypoint(),
-            command: vec![
+        common::process_provider(vec![
                 "/bin/sh".into(),
                 "-c".into(),
                 r#"echo "$SIDECAR_TASK_ID" >> "$SHARED_DIR/runs.log" && cat "$SIDECAR_INPUT" > "$SIDECAR_OUTPUT""#.into(),
-            ],
-            extra_args: Vec::new(),
-        },
+            ]),
         SidecarOptions {
             parallel: Some(8),
             heartbeat: Duration::from_millis(100),

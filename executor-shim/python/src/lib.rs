@@ -47,7 +47,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
@@ -57,7 +57,7 @@ use arrow::record_batch::RecordBatchReader;
 use executor_shim::client::{TaskReport, TaskRequest};
 use executor_shim::error::ShimError;
 use executor_shim::provider::{
-    Provider, Sidecar as ShimSidecar, SidecarOptions, DEFAULT_ENTRYPOINT_PATH, DEFAULT_USER,
+    Provider, ProviderKind, ProviderSpec, Sidecar as ShimSidecar, SidecarOptions,
 };
 use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -114,29 +114,19 @@ fn provider(
     docker: Option<String>,
     user: Option<String>,
 ) -> PyResult<Provider> {
-    match kind {
-        "attach" => Ok(Provider::Attach),
-        "process" => Ok(Provider::Process {
-            // Empty: the shim's own lookup ($SIDECAR_ENTRYPOINT, PATH).
-            entrypoint: entrypoint.unwrap_or_default(),
-            command: command.unwrap_or_default(),
-            extra_args: Vec::new(),
-        }),
-        "docker" => {
-            let image =
-                image.ok_or_else(|| PyValueError::new_err("the docker provider needs image="))?;
-            Ok(Provider::Docker {
-                cli: docker.unwrap_or_else(|| "docker".to_owned()),
-                image,
-                command: command.unwrap_or_default(),
-                user: user.unwrap_or_else(|| DEFAULT_USER.to_owned()),
-                entrypoint_path: DEFAULT_ENTRYPOINT_PATH.to_owned(),
-            })
-        }
-        other => Err(PyValueError::new_err(format!(
-            "provider {other:?} is not one of process, docker, attach"
-        ))),
+    let kind: ProviderKind = kind
+        .parse()
+        .map_err(|e: ShimError| PyValueError::new_err(e.to_string()))?;
+    ProviderSpec {
+        kind: Some(kind),
+        command: command.unwrap_or_default(),
+        image,
+        entrypoint,
+        docker_cli: docker,
+        user,
     }
+    .build()
+    .map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
 /// One handle on the sidecar serving a volume (started here or attached to).
@@ -238,20 +228,7 @@ impl PySidecar {
         if self.dead.load(Ordering::SeqCst) {
             return false;
         }
-        let Ok(h) = self.handle() else {
-            return false;
-        };
-        let heartbeat = h.volume().heartbeat();
-        let age = std::fs::metadata(&heartbeat)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|m| SystemTime::now().duration_since(m).ok());
-        match age {
-            Some(age) => age <= h.options().stale_after,
-            // Unreadable or from the future (clock steps): let the task's
-            // own liveness checks decide.
-            None => heartbeat.exists(),
-        }
+        self.handle().is_ok_and(|h| h.is_alive())
     }
 
     /// Runs one task of `partition`/`attempt` (`nonce` tells runs of one

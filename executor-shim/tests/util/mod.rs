@@ -1,58 +1,27 @@
 //! Shared helpers for the executor-shim integration tests.
 //!
-//! The tests drive the real `sidecar-entrypoint` in serve mode. Cargo builds
-//! a crate's own binaries for its integration tests, not other crates'
-//! binaries, so [`entrypoint`] finds `target/<profile>/sidecar-entrypoint`
-//! next to the test executable's directory and, if it is missing, runs
-//! `cargo build -p sidecar-entrypoint` once. `$SIDECAR_ENTRYPOINT`
-//! overrides both.
+//! The tests drive the real `sidecar-entrypoint` in serve mode, found (and
+//! built) by the workspace's test support (`$SIDECAR_ENTRYPOINT` overrides).
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use executor_shim::provider::{Provider, Sidecar, SidecarOptions};
+use executor_shim::provider::{Provider, ProviderKind, ProviderSpec, Sidecar, SidecarOptions};
 use executor_shim::{ShimError, TaskReport, TaskRequest};
 
 /// `cat` the input to the output: the identity logic.
 pub const CAT: &str = r#"cat "$SIDECAR_INPUT" > "$SIDECAR_OUTPUT""#;
 
-/// The `sidecar-entrypoint` binary, built if need be.
-pub fn entrypoint() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        if let Some(p) = std::env::var_os("SIDECAR_ENTRYPOINT").filter(|p| !p.is_empty()) {
-            return PathBuf::from(p);
-        }
-        // target/<profile>/deps/<test>-<hash>
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_owned();
-        let bin = profile_dir.join("sidecar-entrypoint");
-        if !bin.is_file() {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let mut cmd = std::process::Command::new(cargo);
-            cmd.args(["build", "-p", "sidecar-entrypoint"]);
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd
-                .status()
-                .expect("running cargo build -p sidecar-entrypoint");
-            assert!(status.success(), "cargo build -p sidecar-entrypoint failed");
-        }
-        assert!(bin.is_file(), "{} is missing", bin.display());
-        bin
-    })
-    .clone()
-}
+pub use sidecar_test_support::{alive, entrypoint, wait_for, wait_gone};
 
-/// The `executor-shim` binary of this crate.
+/// The `executor-shim` command line.
 pub fn shim_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_executor-shim"))
+    sidecar_test_support::shim()
 }
 
 /// Options for a loaded 2-core machine: generous waits.
@@ -71,11 +40,24 @@ pub fn sh(script: &str) -> Vec<String> {
 }
 
 pub fn process(script: &str) -> Provider {
-    Provider::Process {
-        entrypoint: entrypoint(),
+    ProviderSpec {
+        kind: Some(ProviderKind::Process),
+        entrypoint: Some(entrypoint()),
         command: sh(script),
-        extra_args: Vec::new(),
+        ..Default::default()
     }
+    .build()
+    .unwrap()
+}
+
+pub fn docker(image: &str, command: Vec<String>) -> Provider {
+    ProviderSpec {
+        image: Some(image.to_owned()),
+        command,
+        ..Default::default()
+    }
+    .build()
+    .unwrap()
 }
 
 /// A sidecar process serving `volume` with `script` as its logic.
@@ -141,35 +123,6 @@ pub fn run(
 /// All rows of `batches` as one batch (for row-for-row comparison).
 pub fn concat(schema: &SchemaRef, batches: &[RecordBatch]) -> RecordBatch {
     arrow::compute::concat_batches(schema, batches).unwrap()
-}
-
-/// Whether `pid` is running (zombies count as gone: their parent reaps them).
-pub fn alive(pid: u32) -> bool {
-    i32::try_from(pid).is_ok_and(sidecar_core::procfs::is_running)
-}
-
-/// Waits up to `within` for `pid` to be gone; returns how long it took.
-pub fn wait_gone(pid: u32, within: Duration) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if !alive(pid) {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
-
-/// Waits up to `within` for `cond`.
-pub fn wait_for(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 /// The pid in `<volume>/sidecar/ready`.

@@ -1,6 +1,6 @@
 //! An in-process sidecar over the real protocol code: the serve layout,
-//! `protocol::drive` with file-backed waiter and flag writer, and a no-op
-//! runner that counts how often each task ran.
+//! `protocol::drive` with the file-backed `FileFlags`, and a no-op runner
+//! that counts how often each task ran.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet};
@@ -9,75 +9,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sidecar_core::protocol::{drive, Exit, FlagWriter, ProtocolError, Runner, Start, Waiter};
-use sidecar_core::record::{read_flag, Outcome, OutputFile, TaskSpec};
+use sidecar_core::files::{FileFlags, Stop, TaskFiles};
+use sidecar_core::protocol::{drive, Event, Exit, Runner};
 use sidecar_core::wait::{Watch, WatchConfig};
-use sidecar_core::{atomic, manifest, TaskId, Volume};
+use sidecar_core::{TaskId, TaskSpec, Volume};
 
-pub struct Files {
-    pub volume: Volume,
-    pub watch: Arc<Watch>,
-}
-
-impl Waiter for Files {
-    async fn wait_start(&self, task: &TaskId) -> Result<Start, ProtocolError> {
-        let path = self.volume.task(task).start_flag();
-        let bytes = read_flag(&path, "task spec").map_err(|e| ProtocolError::Aborted {
-            task: task.clone(),
-            message: e.to_string(),
-        })?;
-        Ok(match TaskSpec::parse(&bytes, &path) {
-            Ok(spec) => Start::Spec(spec),
-            Err(e) => Start::Invalid(e.to_string()),
-        })
-    }
-    async fn wait_close(&self, task: &TaskId) -> Result<(), ProtocolError> {
-        let flag = self.volume.task(task).close_flag();
-        self.watch
-            .wait_until_async("close_flag", None, || {
-                Ok::<_, sidecar_core::wait::WaitError>(flag.exists().then_some(()))
-            })
-            .await
-            .map_err(|e| ProtocolError::Aborted {
-                task: task.clone(),
-                message: e.to_string(),
-            })
-    }
-}
-
-impl FlagWriter for Files {
-    fn manifest(&self, task: &TaskId) -> Result<Vec<OutputFile>, String> {
-        manifest::scan(&self.volume.task(task).output()).map_err(|e| e.to_string())
-    }
-    fn write_done(&self, task: &TaskId, outcome: &Outcome) -> Result<(), ProtocolError> {
-        let bytes = serde_json::to_vec(outcome).unwrap();
-        atomic::write_atomic(
-            &self.volume.task(task).done_flag(),
-            &bytes,
-            atomic::Durability::Visible,
-        )
-        .map_err(|e| ProtocolError::Aborted {
-            task: task.clone(),
-            message: e.to_string(),
-        })
-    }
-    fn cleanup(&self, task: &TaskId) -> Result<(), ProtocolError> {
-        std::fs::remove_dir_all(self.volume.task(task).root()).map_err(|e| ProtocolError::Aborted {
-            task: task.clone(),
-            message: e.to_string(),
-        })
-    }
-}
-
+/// Runs nothing, successfully, and counts the runs.
 #[derive(Default)]
 pub struct CountingRunner {
     pub runs: Mutex<HashMap<TaskId, u32>>,
 }
 
 impl Runner for CountingRunner {
-    async fn run(&self, task: &TaskId, _spec: &TaskSpec) -> Result<Exit, String> {
+    type Child = ();
+    async fn spawn(&self, task: &TaskId, _spec: &TaskSpec) -> Event<()> {
         *self.runs.lock().unwrap().entry(task.clone()).or_default() += 1;
-        Ok(Exit::code(0))
+        Event::Spawned(())
+    }
+    async fn wait(&self, _task: &TaskId, _spec: &TaskSpec, _child: ()) -> Event<()> {
+        Event::Exited(Exit::code(0))
     }
 }
 
@@ -94,10 +44,6 @@ impl NoopSidecar {
         std::fs::create_dir_all(volume.tasks_dir()).unwrap();
         let watch = Arc::new(Watch::new(config).unwrap());
         watch.add(&volume.tasks_dir(), true).unwrap();
-        let files = Arc::new(Files {
-            volume: volume.clone(),
-            watch: Arc::clone(&watch),
-        });
         let runner = Arc::new(CountingRunner::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (r, s) = (Arc::clone(&runner), Arc::clone(&stop));
@@ -115,13 +61,19 @@ impl NoopSidecar {
                         let Ok(id) = TaskId::new(entry.file_name().to_string_lossy()) else {
                             continue;
                         };
-                        if claimed.contains(&id) || !volume.task(&id).start_flag().exists() {
+                        let task = volume.task(&id);
+                        if claimed.contains(&id) || !task.start_flag().exists() {
                             continue;
                         }
                         claimed.insert(id.clone());
-                        let (f, r) = (Arc::clone(&files), Arc::clone(&r));
+                        let flags = FileFlags::new(
+                            TaskFiles::serve(&task),
+                            Arc::clone(&watch),
+                            Stop::never(),
+                        );
+                        let r = Arc::clone(&r);
                         tokio::spawn(async move {
-                            drive(&id, &*f, &*r, &*f).await.unwrap();
+                            drive(&id, &flags, &*r, &flags).await.unwrap();
                         });
                     }
                     changed.await;

@@ -81,17 +81,7 @@ impl Dir {
     }
 }
 
-/// Polls `cond` every 10ms until it holds; panics naming `what` at `limit`.
-pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+pub use sidecar_test_support::wait_until;
 
 static MARKERS: AtomicU64 = AtomicU64::new(0);
 
@@ -107,21 +97,7 @@ pub fn marker() -> String {
 
 /// Live (non-zombie) processes whose environment or command line holds `marker`.
 pub fn processes_with(marker: &str) -> Vec<(i32, String)> {
-    let mut out = Vec::new();
-    for pid in sidecar_core::procfs::pids() {
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let has = |b: &[u8]| b.windows(marker.len()).any(|w| w == marker.as_bytes());
-        if !(has(&environ) || has(&cmdline)) {
-            continue;
-        }
-        if sidecar_core::procfs::stat(pid).is_some_and(|s| s.state == 'Z') {
-            continue;
-        }
-        let cmd = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        out.push((pid, cmd));
-    }
-    out
+    sidecar_test_support::processes_mentioning(marker)
 }
 
 /// The entrypoint as a child process.

@@ -8,70 +8,28 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use sidecar_core::record::read_flag;
 use sidecar_core::{atomic, Outcome, TaskDir, TaskId, Volume};
 
-/// The directory holding the workspace binaries of the profile these tests
-/// were built with (`target/debug` or `target/release`).
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test-exe>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps")
-        .to_owned()
-}
+pub use sidecar_test_support::{entrypoint, processes_mentioning};
 
-/// Builds `sidecar-entrypoint` and `executor-shim` once per test process
-/// (cargo does not hold its lock while tests run), so `cargo test -p
-/// sidecar-e2e` alone tests the current sources. `SIDECAR_E2E_NO_BUILD=1`
-/// skips the build (CI builds the workspace first).
-fn ensure_built() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = bin_dir();
-        if std::env::var_os("SIDECAR_E2E_NO_BUILD").is_none() {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args([
-                "build",
-                "--quiet",
-                "-p",
-                "sidecar-entrypoint",
-                "-p",
-                "executor-shim",
-                "--bins",
-            ]);
-            if dir.file_name().and_then(|n| n.to_str()) == Some("release") {
-                cmd.arg("--release");
-            }
-            // The workspace root is the parent of this crate.
-            cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
-            let status = cmd.status().expect("run cargo build");
-            assert!(status.success(), "cargo build of the binaries failed");
-        }
-        dir
-    })
-}
-
-/// The `sidecar-entrypoint` binary (`$SIDECAR_ENTRYPOINT` overrides).
-pub fn entrypoint() -> PathBuf {
-    if let Some(p) = std::env::var_os("SIDECAR_ENTRYPOINT") {
-        return p.into();
-    }
-    let p = ensure_built().join("sidecar-entrypoint");
-    assert!(p.exists(), "{} not built", p.display());
-    p
-}
-
-/// The `executor-shim` binary.
+/// The `executor-shim` command line.
 pub fn shim_bin() -> PathBuf {
-    let p = ensure_built().join("executor-shim");
-    assert!(p.exists(), "{} not built", p.display());
-    p
+    sidecar_test_support::shim()
+}
+
+/// The process provider running `command` with this workspace's entrypoint.
+pub fn process_provider(command: Vec<String>) -> executor_shim::provider::Provider {
+    executor_shim::ProviderSpec {
+        kind: Some(executor_shim::ProviderKind::Process),
+        entrypoint: Some(entrypoint()),
+        command,
+        ..Default::default()
+    }
+    .build()
+    .unwrap()
 }
 
 /// A scratch directory whose path is unique to one test: every process a
@@ -151,32 +109,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         self.kill_all();
     }
-}
-
-/// `(pid, cmdline)` of every live, non-zombie process other than this one
-/// whose cmdline or environ contains `needle`.
-pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
-    let me = std::process::id() as i32;
-    let needle = needle.as_bytes();
-    let mut out = Vec::new();
-    for pid in sidecar_core::procfs::pids() {
-        if pid == me {
-            continue;
-        }
-        // Zombies are already dead; their parent reaps them.
-        if sidecar_core::procfs::stat(pid).is_some_and(|s| s.state == 'Z') {
-            continue;
-        }
-        let read = |name: &str| std::fs::read(format!("/proc/{pid}/{name}")).unwrap_or_default();
-        let cmdline = read("cmdline");
-        let environ = read("environ");
-        let has = |hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
-        if has(&cmdline) || has(&environ) {
-            let shown = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            out.push((pid, shown.trim().to_owned()));
-        }
-    }
-    out
 }
 
 /// Options of a sidecar started by a test.

@@ -7,10 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn entrypoint() -> Option<PathBuf> {
-    // Built by cargo beside this crate's binary when the workspace is built.
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_executor-shim"));
-    let cand = exe.parent()?.join("sidecar-entrypoint");
-    cand.is_file().then_some(cand)
+    Some(sidecar_test_support::entrypoint())
 }
 
 const KEYS: &[&str] = &[

@@ -3,15 +3,13 @@
 //! `sidecar-entrypoint` processes (and a real Docker container), the bundled
 //! sample dataset, and the files a user would look at afterwards.
 
-mod docker_image;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use docker_image::{docker_image, IMAGE};
+use sidecar_test_support::IMAGE;
 
 use arrow::array::{Array, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::compute::{concat_batches, sort_to_indices, take_record_batch};
@@ -20,35 +18,16 @@ use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 const SHIM: &str = env!("CARGO_BIN_EXE_executor-shim");
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
+    sidecar_test_support::workspace()
 }
 
 fn sample() -> PathBuf {
     workspace().join("examples/sample/trips.csv")
 }
 
-/// The `sidecar-entrypoint` of this target directory, built if missing.
-fn entrypoint() -> &'static Path {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let dir = Path::new(SHIM).parent().unwrap();
-        let path = dir.join("sidecar-entrypoint");
-        if !path.exists() {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "-p", "sidecar-entrypoint"]);
-            if dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd.current_dir(workspace()).status().unwrap();
-            assert!(status.success(), "cargo build -p sidecar-entrypoint failed");
-        }
-        assert!(path.exists(), "no {}", path.display());
-        path
-    })
+/// The `sidecar-entrypoint` the harness's local sidecars run.
+fn entrypoint() -> PathBuf {
+    sidecar_test_support::entrypoint()
 }
 
 /// One harness run in a scratch directory.
@@ -130,27 +109,14 @@ fn processes_under(root: &Path) -> Vec<String> {
     }
 }
 
-/// One look at /proc for processes that mention `root`.
+/// One look at /proc for processes that mention `root` (the harness
+/// itself, which names the root in its arguments, aside).
 fn scan_processes(root: &Path) -> Vec<String> {
-    let needle = root.as_os_str().as_encoded_bytes().to_vec();
-    let mut found = Vec::new();
-    for pid in sidecar_core::procfs::pids() {
-        if pid == std::process::id() as i32 {
-            continue;
-        }
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        // The harness itself names the root in its arguments.
-        if cmdline.starts_with(SHIM.as_bytes()) {
-            continue;
-        }
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        let hit = |hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle.as_slice());
-        if hit(&cmdline) || hit(&environ) {
-            let shown: String = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            found.push(format!("{pid}: {shown}"));
-        }
-    }
-    found
+    sidecar_test_support::processes_mentioning(&root.to_string_lossy())
+        .into_iter()
+        .filter(|(_, cmd)| !cmd.starts_with(SHIM))
+        .map(|(pid, cmd)| format!("{pid}: {cmd}"))
+        .collect()
 }
 
 /// Whether a `scan_processes` entry is the logic's own `program` (not a
@@ -393,7 +359,8 @@ fn a_failing_partition_fails_the_run_and_leaves_no_output() {
         ],
         &["sh", "-c", logic],
     );
-    assert_eq!(run.code(), Some(1), "{}", run.explain());
+    // A partition that failed all its attempts: exit 3 (see `--help`).
+    assert_eq!(run.code(), Some(3), "{}", run.explain());
     let stdout = run.stdout();
     let summary = summary_line(&run);
     assert!(
@@ -508,7 +475,8 @@ fn no_retries_means_one_attempt() {
         ],
         &["sh", "-c", "echo nope >&2; exit 7"],
     );
-    assert_eq!(run.code(), Some(1), "{}", run.explain());
+    // A partition that failed all its attempts: exit 3 (see `--help`).
+    assert_eq!(run.code(), Some(3), "{}", run.explain());
     assert!(
         summary_line(&run)
             .starts_with("summary: 3 tasks, 0 succeeded, 3 failed, 2000 rows in, 0 rows out"),
@@ -798,7 +766,8 @@ fn a_task_over_its_timeout_is_reported_timed_out() {
         "{}",
         run.explain()
     );
-    assert_eq!(run.code(), Some(1), "{}", run.explain());
+    // A partition that failed all its attempts: exit 3 (see `--help`).
+    assert_eq!(run.code(), Some(3), "{}", run.explain());
     assert!(
         summary_line(&run).starts_with("summary: 2 tasks, 0 succeeded, 2 failed"),
         "{}",
@@ -853,10 +822,7 @@ fn containers_under(root: &Path) -> Vec<String> {
 
 #[test]
 fn docker_image_dd_identity_over_four_partitions_and_two_executors() {
-    if let Err(reason) = docker_image(IMAGE) {
-        println!("SKIPPED: docker: {reason}");
-        return;
-    }
+    sidecar_test_support::require_docker!();
     let input = sample();
     let run = harness(
         &[

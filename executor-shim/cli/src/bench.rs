@@ -6,7 +6,7 @@
 //!
 //! | figure | how | baseline |
 //! |---|---|---|
-//! | handshake | start flag written -> a sidecar-side peer process sees it, a no-op handler runs, the done flag is written -> this process sees and parses it; the real protocol code on both sides ([`sidecar_core::protocol::drive`], [`Watch`], atomic flags) | the same round trip through bare inotify (create a file, the peer sees it and creates a reply, we see the reply); and the same protocol with the polling fallback at 1 ms |
+//! | handshake | start flag written -> a sidecar-side peer process sees it, a no-op handler runs, the done flag is written -> this process sees and parses it; the product's own protocol code on both sides: the entrypoint's driver and file-backed flags ([`sidecar_core::protocol::drive`], [`FileFlags`]) on a tokio runtime, and the shim's [`ExecutorFlags`] and [`Watch`] | the same round trip through bare inotify (create a file, the peer sees it and creates a reply, we see the reply); and the same protocol with the polling fallback at 1 ms |
 //! | per-task overhead | one empty task through a serving `sidecar-entrypoint` running `true` (spawn included) | `true` spawned and waited for by this process |
 //! | throughput | `--size` bytes of Arrow data through an identity `cat`, in file mode and in stream mode (FIFOs) | the same bytes written to a file on the volume, copied with `cp`, read back |
 //! | peak RSS | `VmHWM` of the shim process during the throughput phase | — |
@@ -33,7 +33,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,14 +41,15 @@ use anyhow::{bail, ensure, Context};
 use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use sidecar_core::atomic::{self, Durability};
-use sidecar_core::protocol::{self, Exit, FlagWriter, ProtocolError, Runner, Start, Waiter};
-use sidecar_core::record::{read_flag, RecordError};
-use sidecar_core::wait::{Watch, WatchConfig, WatchMode};
-use sidecar_core::{Outcome, TaskId, TaskSpec, Volume};
+use executor_shim::client::TaskRequest;
+use executor_shim::provider::{ProviderKind, ProviderSpec, Sidecar, SidecarOptions};
+use sidecar_core::atomic;
+use sidecar_core::files::{ExecutorFlags, FileFlags, Stop, TaskFiles};
+use sidecar_core::protocol::{self, Event, Exit, Finish, Runner};
+use sidecar_core::wait::{WaitError, Watch, WatchConfig, WatchMode};
+use sidecar_core::{TaskId, TaskSpec, Volume};
 
-use crate::client::TaskRequest;
-use crate::provider::{Provider, Sidecar, SidecarOptions};
+use crate::Done;
 
 /// Rows per generated batch.
 const BATCH_ROWS: usize = 64 * 1024;
@@ -146,7 +147,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Runs the bench (or, with the hidden `--peer`, one side of it).
-pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: BenchArgs) -> anyhow::Result<Done> {
     if let Some(peer) = args.peer {
         die_with_parent();
         let dir = args
@@ -162,7 +163,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 peer_throughput(&dir, &args, stream)?;
             }
         }
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Done::Success);
     }
     let report = measure(&args)?;
     let table = report.table();
@@ -172,7 +173,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         print!("{table}");
     }
     println!("{}", report.json());
-    Ok(ExitCode::SUCCESS)
+    Ok(Done::Success)
 }
 
 // ---------------------------------------------------------------------------
@@ -580,31 +581,9 @@ fn task_id(i: usize) -> anyhow::Result<TaskId> {
     Ok(TaskId::new(format!("bench-{i}"))?)
 }
 
-/// Reads and parses a flag if it is there; `None` if not yet.
-fn read_if_present<T>(
-    path: &Path,
-    what: &'static str,
-    parse: impl FnOnce(&[u8], &Path) -> Result<T, RecordError>,
-) -> Result<Option<T>, RecordError> {
-    match read_flag(path, what) {
-        Ok(bytes) => parse(&bytes, path).map(Some),
-        Err(RecordError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum StepError {
-    #[error(transparent)]
-    Wait(#[from] sidecar_core::wait::WaitError),
-    #[error(transparent)]
-    Record(#[from] RecordError),
-}
-
 /// The executor side: `n` round trips against a `noop` peer; the samples are
-/// start-flag-written -> done-flag-seen-and-parsed.
+/// start-flag-written -> done-flag-seen-and-parsed, through the product's
+/// own executor-side flags ([`ExecutorFlags`]) and [`Watch`].
 fn handshake(dir: &Path, log: &Path, n: usize, cfg: WatchConfig) -> anyhow::Result<Samples> {
     let volume = Volume::new(dir);
     std::fs::create_dir_all(volume.tasks_dir())?;
@@ -624,19 +603,17 @@ fn handshake(dir: &Path, log: &Path, n: usize, cfg: WatchConfig) -> anyhow::Resu
 
     let watch = Watch::new(cfg)?;
     watch.add(&volume.tasks_dir(), false)?;
-    let spec = serde_json::to_vec(&TaskSpec::default())?;
+    let spec = TaskSpec::default();
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
         let task = volume.task(&task_id(i)?);
         std::fs::create_dir(task.root())?;
         watch.add(task.root(), false)?;
-        let done = task.done_flag();
+        let flags = ExecutorFlags::new(task.clone());
         let t0 = Instant::now();
-        atomic::write_atomic(&task.start_flag(), &spec, Durability::Visible)?;
-        let outcome: Outcome = watch
-            .wait_until("done_flag", Some(t0 + STEP_DEADLINE), || {
-                read_if_present(&done, "outcome", Outcome::parse).map_err(StepError::from)
-            })
+        flags.start(&spec)?;
+        let outcome = watch
+            .wait_until("done_flag", Some(t0 + STEP_DEADLINE), || flags.outcome())
             .with_context(|| format!("round trip {i}"))?;
         samples.push(t0.elapsed());
         ensure!(
@@ -644,13 +621,13 @@ fn handshake(dir: &Path, log: &Path, n: usize, cfg: WatchConfig) -> anyhow::Resu
             "round trip {i}: the no-op task did not succeed: {outcome:?}"
         );
         watch.remove(task.root());
-        atomic::touch_atomic(&task.close_flag())?;
+        flags.close()?;
         let root = task.root().to_owned();
         watch
             .wait_until(
                 "task directory removal",
                 Some(Instant::now() + STEP_DEADLINE),
-                || Ok::<_, StepError>((!root.exists()).then_some(())),
+                || Ok::<_, WaitError>((!root.exists()).then_some(())),
             )
             .with_context(|| format!("round trip {i}: the peer did not remove the task"))?;
         if i % 256 == 0 {
@@ -661,143 +638,51 @@ fn handshake(dir: &Path, log: &Path, n: usize, cfg: WatchConfig) -> anyhow::Resu
     Ok(Samples::new(samples))
 }
 
-/// The sidecar side of [`handshake`].
+/// The sidecar side of [`handshake`]: the product's own driver and
+/// file-backed flags ([`protocol::drive`] over [`FileFlags`]) on a tokio
+/// runtime, as the entrypoint runs them, with a no-op runner.
 fn peer_noop(dir: &Path, n: usize, cfg: WatchConfig) -> anyhow::Result<()> {
     let volume = Volume::new(dir);
     let watch = Arc::new(Watch::new(cfg)?);
     watch.add(&volume.tasks_dir(), false)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     atomic::touch_atomic(&dir.join(PEER_READY))?;
-    let waiter = FileWaiter {
-        volume: volume.clone(),
-        watch: Arc::clone(&watch),
-    };
-    let writer = FileWriter {
-        volume: volume.clone(),
-        watch: Arc::clone(&watch),
-    };
-    for i in 0..n {
-        let id = task_id(i)?;
-        let root = volume.task(&id).root().to_owned();
-        watch.wait_until(
-            "the next task directory",
-            Some(Instant::now() + STEP_DEADLINE),
-            || Ok::<_, StepError>(root.is_dir().then_some(())),
-        )?;
-        let outcome = block_on(protocol::drive(&id, &waiter, &NoopRunner, &writer))?;
-        ensure!(outcome.succeeded(), "{id}: {outcome:?}");
-    }
-    Ok(())
-}
-
-#[derive(Debug)]
-struct FileWaiter {
-    volume: Volume,
-    watch: Arc<Watch>,
-}
-
-impl FileWaiter {
-    fn aborted(task: &TaskId, e: impl std::fmt::Display) -> ProtocolError {
-        ProtocolError::Aborted {
-            task: task.clone(),
-            message: e.to_string(),
+    rt.block_on(async {
+        for i in 0..n {
+            let id = task_id(i)?;
+            let task = volume.task(&id);
+            let root = task.root().to_owned();
+            let deadline = tokio::time::Instant::now() + STEP_DEADLINE;
+            watch
+                .wait_until_async("the next task directory", Some(deadline), || {
+                    Ok::<_, WaitError>(root.is_dir().then_some(()))
+                })
+                .await?;
+            // Armed before the flags are looked at: nothing is missed.
+            watch.add(&root, false)?;
+            let flags = FileFlags::new(TaskFiles::serve(&task), Arc::clone(&watch), Stop::never());
+            match protocol::drive(&id, &flags, &Noop, &flags).await? {
+                Finish::Done { outcome, .. } if outcome.succeeded() => {}
+                other => bail!("{id}: {other:?}"),
+            }
         }
-    }
+        Ok(())
+    })
 }
 
-impl Waiter for FileWaiter {
-    async fn wait_start(&self, task: &TaskId) -> Result<Start, ProtocolError> {
-        let dir = self.volume.task(task);
-        // Armed before the first check inside wait_until: nothing is missed.
-        self.watch
-            .add(dir.root(), false)
-            .map_err(|e| Self::aborted(task, e))?;
-        let flag = dir.start_flag();
-        let got = self
-            .watch
-            .wait_until(
-                "start_flag",
-                Some(Instant::now() + STEP_DEADLINE),
-                || match read_flag(&flag, "task spec") {
-                    Ok(bytes) => Ok(Some(match TaskSpec::parse(&bytes, &flag) {
-                        Ok(spec) => Start::Spec(spec),
-                        Err(e) => Start::Invalid(e.to_string()),
-                    })),
-                    Err(RecordError::Io { source, .. })
-                        if source.kind() == std::io::ErrorKind::NotFound =>
-                    {
-                        Ok(None)
-                    }
-                    Err(e) => Err(StepError::from(e)),
-                },
-            );
-        got.map_err(|e| Self::aborted(task, e))
-    }
-
-    async fn wait_close(&self, task: &TaskId) -> Result<(), ProtocolError> {
-        let flag = self.volume.task(task).close_flag();
-        self.watch
-            .wait_until("close_flag", Some(Instant::now() + STEP_DEADLINE), || {
-                Ok::<_, StepError>(flag.exists().then_some(()))
-            })
-            .map_err(|e| Self::aborted(task, e))
-    }
-}
-
-/// The no-op handler.
+/// The no-op logic.
 #[derive(Debug)]
-struct NoopRunner;
+struct Noop;
 
-impl Runner for NoopRunner {
-    async fn run(&self, _task: &TaskId, _spec: &TaskSpec) -> Result<Exit, String> {
-        Ok(Exit::code(0))
+impl Runner for Noop {
+    type Child = ();
+    async fn spawn(&self, _task: &TaskId, _spec: &TaskSpec) -> Event<()> {
+        Event::Spawned(())
     }
-}
-
-#[derive(Debug)]
-struct FileWriter {
-    volume: Volume,
-    watch: Arc<Watch>,
-}
-
-impl FlagWriter for FileWriter {
-    fn manifest(&self, task: &TaskId) -> Result<Vec<sidecar_core::OutputFile>, String> {
-        sidecar_core::manifest::scan(&self.volume.task(task).output()).map_err(|e| e.to_string())
-    }
-
-    fn write_done(&self, task: &TaskId, outcome: &Outcome) -> Result<(), ProtocolError> {
-        let bytes = serde_json::to_vec(outcome).map_err(|e| FileWaiter::aborted(task, e))?;
-        atomic::write_atomic(
-            &self.volume.task(task).done_flag(),
-            &bytes,
-            Durability::Visible,
-        )
-        .map_err(|e| FileWaiter::aborted(task, e))
-    }
-
-    fn cleanup(&self, task: &TaskId) -> Result<(), ProtocolError> {
-        let dir = self.volume.task(task);
-        self.watch.remove(dir.root());
-        std::fs::remove_dir_all(dir.root()).map_err(|e| FileWaiter::aborted(task, e))
-    }
-}
-
-/// Runs a future whose awaits all complete synchronously (the file waiter
-/// blocks inside `poll`), parking between polls otherwise.
-fn block_on<F: std::future::Future>(fut: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
+    async fn wait(&self, _task: &TaskId, _spec: &TaskSpec, _child: ()) -> Event<()> {
+        Event::Exited(Exit::code(0))
     }
 }
 
@@ -958,16 +843,18 @@ fn spawn_true(n: usize) -> anyhow::Result<Samples> {
 /// The entrypoint the phases through a serving sidecar use.
 fn entrypoint(args: &BenchArgs) -> anyhow::Result<PathBuf> {
     let explicit = args.entrypoint.clone().unwrap_or_default();
-    Ok(crate::provider::locate_entrypoint(&explicit)?)
+    Ok(executor_shim::provider::locate_entrypoint(&explicit)?)
 }
 
 /// A serving `sidecar-entrypoint` started by the shim's process provider.
 fn start_sidecar(dir: &Path, entrypoint: &Path, command: &[&str]) -> anyhow::Result<Sidecar> {
-    let provider = Provider::Process {
-        entrypoint: entrypoint.to_owned(),
+    let provider = ProviderSpec {
+        kind: Some(ProviderKind::Process),
+        entrypoint: Some(entrypoint.to_owned()),
         command: command.iter().map(|s| s.to_string()).collect(),
-        extra_args: Vec::new(),
-    };
+        ..Default::default()
+    }
+    .build()?;
     Sidecar::start(dir, provider, SidecarOptions::default())
         .with_context(|| format!("cannot start a sidecar on {}", dir.display()))
 }

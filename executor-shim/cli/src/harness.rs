@@ -17,10 +17,10 @@
 //!
 //! ## Theory of operation
 //!
-//! * The input is read once ([`crate::format::read_path`]) and sliced
+//! * The input is read once ([`executor_shim::format::read_path`]) and sliced
 //!   zero-copy into partitions ([`partition_ranges`]).
 //! * Each executor is a directory under the volume root and one
-//!   [`crate::provider::Sidecar`]: a local `sidecar-entrypoint` process by
+//!   [`executor_shim::provider::Sidecar`]: a local `sidecar-entrypoint` process by
 //!   default, a locked-down Docker container with `--image`. Its worker
 //!   threads pull `(partition, attempt)` jobs from one queue, so a fast
 //!   executor takes more partitions, as Spark's scheduler would give them.
@@ -64,7 +64,6 @@ use std::fmt::Write as _;
 use std::io::{IsTerminal, Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -74,6 +73,8 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sidecar_core::{Format, Status, TaskId};
+
+use crate::Done;
 
 /// Errors of the harness that are about one path or one argument.
 #[derive(Debug, thiserror::Error)]
@@ -170,15 +171,6 @@ pub struct HarnessArgs {
     pub command: Vec<String>,
 }
 
-/// The command run when none is given and no image is: copy the input to the output.
-pub fn identity_command() -> Vec<String> {
-    vec![
-        "sh".into(),
-        "-c".into(),
-        r#"cat "$SIDECAR_INPUT" > "$SIDECAR_OUTPUT""#.into(),
-    ]
-}
-
 /// Splits `rows` into `n` contiguous ranges whose lengths differ by at most
 /// one, the longer ones first. Ranges may be empty when `rows < n`.
 pub fn partition_ranges(rows: usize, n: usize) -> Vec<Range<usize>> {
@@ -231,7 +223,7 @@ impl Job {
         Self {
             partition,
             attempt,
-            nonce: crate::client::random_nonce(),
+            nonce: executor_shim::client::random_nonce(),
         }
     }
 
@@ -465,23 +457,7 @@ fn run_all<E: Executor>(
                 workers.push(s.spawn(move || worker(run, index, executor)));
             }
         }
-        let ticker = s.spawn(|| {
-            let task_dir = |index: usize, id: &TaskId| executors.get(index)?.task_dir(id);
-            let mut cancelled = false;
-            while !stop_ticker.load(Ordering::Relaxed) {
-                if !cancelled && interrupted.load(Ordering::SeqCst) {
-                    cancelled = true;
-                    cancel_running(&run, &task_dir);
-                }
-                run.display.tick(task_dir);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            if !cancelled && interrupted.load(Ordering::SeqCst) {
-                // The workers saw the interruption first and all stopped
-                // within the last tick: say so all the same.
-                cancel_running(&run, &task_dir);
-            }
-        });
+        let ticker = s.spawn(|| tick(&run, executors, &stop_ticker));
         for w in workers {
             // A panicked worker has closed the queue (see `CloseOnPanic`).
             let _ = w.join();
@@ -494,23 +470,57 @@ fn run_all<E: Executor>(
         .records
         .into_inner()
         .unwrap_or_else(PoisonError::into_inner);
-    // Jobs left when every executor was lost, or after an interruption.
+    records.extend(not_run(&run.queue, &run.partitions, interrupted));
+    Ran {
+        records,
+        lost: run.lost.iter().map(|l| l.load(Ordering::SeqCst)).collect(),
+    }
+}
+
+/// The display's ticker: progress every 100 ms, and the cancellation of
+/// running tasks once interrupted, until `stop`.
+fn tick<E: Executor>(run: &Run<'_>, executors: &[E], stop: &AtomicBool) {
+    let task_dir = |index: usize, id: &TaskId| executors.get(index)?.task_dir(id);
+    let mut cancelled = false;
+    while !stop.load(Ordering::Relaxed) {
+        if !cancelled && run.interrupted.load(Ordering::SeqCst) {
+            cancelled = true;
+            cancel_running(run, &task_dir);
+        }
+        run.display.tick(task_dir);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if !cancelled && run.interrupted.load(Ordering::SeqCst) {
+        // The workers saw the interruption first and all stopped
+        // within the last tick: say so all the same.
+        cancel_running(run, &task_dir);
+    }
+}
+
+/// The records of jobs left in the queue: every executor was lost, or the
+/// harness was interrupted.
+fn not_run(
+    queue: &Queue,
+    partitions: &[Vec<RecordBatch>],
+    interrupted: &AtomicBool,
+) -> Vec<Record> {
     let reason = if interrupted.load(Ordering::SeqCst) {
         "not run: the harness was interrupted"
     } else {
         "not run: no executor was left to run it"
     };
-    for job in run.queue.drain() {
-        let rows_in = run.partitions[job.partition]
-            .iter()
-            .map(|b| b.num_rows() as u64)
-            .sum();
-        records.push(Record {
+    queue
+        .drain()
+        .into_iter()
+        .map(|job| Record {
             task_id: job.task_id(),
+            rows_in: partitions[job.partition]
+                .iter()
+                .map(|b| b.num_rows() as u64)
+                .sum(),
             job,
             executor: None,
             status: "not_run".into(),
-            rows_in,
             rows_out: None,
             elapsed: Duration::ZERO,
             failure: Some(TaskFailure {
@@ -520,12 +530,8 @@ fn run_all<E: Executor>(
                 executor_lost: false,
             }),
             retried: false,
-        });
-    }
-    Ran {
-        records,
-        lost: run.lost.iter().map(|l| l.load(Ordering::SeqCst)).collect(),
-    }
+        })
+        .collect()
 }
 
 /// After an interruption: no new tasks, and every running one cancelled
@@ -650,7 +656,7 @@ fn write_output(
         path: path.clone(),
         message: "no file name".into(),
     })?;
-    let result = crate::format::write_parquet_file(&tmp, schema, batches)
+    let result = executor_shim::format::write_parquet_file(&tmp, schema, batches)
         .map_err(|e| e.to_string())
         .and_then(|_| std::fs::rename(&tmp, &path).map_err(|e| e.to_string()));
     if let Err(message) = result {
@@ -821,6 +827,35 @@ pub fn parse_progress(line: &str) -> Option<(u64, u64)> {
 fn summary(records: &[Record], partitions: usize, elapsed: Duration) -> (String, bool) {
     let mut rows: Vec<&Record> = records.iter().collect();
     rows.sort_by_key(|r| (r.job.partition, r.job.attempt));
+    let mut out = table(&rows);
+
+    // The final attempt of each partition decides it.
+    let mut last: BTreeMap<usize, &Record> = BTreeMap::new();
+    for r in &rows {
+        last.insert(r.job.partition, r);
+    }
+    let succeeded = last.values().filter(|r| r.succeeded()).count();
+    let failed = partitions - succeeded;
+    let rows_in: u64 = last.values().map(|r| r.rows_in).sum();
+    let rows_out: u64 = last.values().filter_map(|r| r.rows_out).sum();
+    let retries = records.iter().filter(|r| r.retried).count();
+
+    out.push_str(&failures(&rows));
+    let mut tail = String::new();
+    if retries > 0 {
+        let _ = write!(tail, ", {retries} retried");
+    }
+    let _ = writeln!(
+        out,
+        "\nsummary: {partitions} tasks, {succeeded} succeeded, {failed} failed{tail}, \
+         {rows_in} rows in, {rows_out} rows out, {:.2} s",
+        elapsed.as_secs_f64()
+    );
+    (out, failed == 0)
+}
+
+/// One line per attempt, in columns.
+fn table(rows: &[&Record]) -> String {
     let header = [
         "partition",
         "attempt",
@@ -832,29 +867,7 @@ fn summary(records: &[Record], partitions: usize, elapsed: Duration) -> (String,
         "time",
         "error",
     ];
-    let cells: Vec<[String; 9]> = rows
-        .iter()
-        .map(|r| {
-            let error = r.failure.as_ref().map_or(String::new(), |f| {
-                let mut e = one_line(&f.reason, 100);
-                if r.retried {
-                    e.push_str(" (retried)");
-                }
-                e
-            });
-            [
-                r.job.partition.to_string(),
-                r.job.attempt.to_string(),
-                r.executor_name(),
-                r.task_id.to_string(),
-                r.status.clone(),
-                r.rows_in.to_string(),
-                r.rows_out.map_or("-".into(), |n| n.to_string()),
-                format!("{:.2} s", r.elapsed.as_secs_f64()),
-                error,
-            ]
-        })
-        .collect();
+    let cells: Vec<[String; 9]> = rows.iter().map(|r| cells(r)).collect();
     let mut widths = header.map(str::len);
     for row in &cells {
         for (w, c) in widths.iter_mut().zip(row) {
@@ -882,60 +895,67 @@ fn summary(records: &[Record], partitions: usize, elapsed: Duration) -> (String,
     for row in &cells {
         line(row);
     }
+    out
+}
 
-    // The final attempt of each partition decides it.
-    let mut last: BTreeMap<usize, &Record> = BTreeMap::new();
-    for r in &rows {
-        last.insert(r.job.partition, r);
-    }
-    let succeeded = last.values().filter(|r| r.succeeded()).count();
-    let failed = partitions - succeeded;
-    let rows_in: u64 = last.values().map(|r| r.rows_in).sum();
-    let rows_out: u64 = last.values().filter_map(|r| r.rows_out).sum();
-    let retries = records.iter().filter(|r| r.retried).count();
+/// The table's cells of one attempt.
+fn cells(r: &Record) -> [String; 9] {
+    let error = r.failure.as_ref().map_or(String::new(), |f| {
+        let mut e = one_line(&f.reason, 100);
+        if r.retried {
+            e.push_str(" (retried)");
+        }
+        e
+    });
+    [
+        r.job.partition.to_string(),
+        r.job.attempt.to_string(),
+        r.executor_name(),
+        r.task_id.to_string(),
+        r.status.clone(),
+        r.rows_in.to_string(),
+        r.rows_out.map_or("-".into(), |n| n.to_string()),
+        format!("{:.2} s", r.elapsed.as_secs_f64()),
+        error,
+    ]
+}
 
-    // Attempts that ran and failed (the table says which never ran).
-    let failures: Vec<&&Record> = rows
+/// The attempts that ran and failed, with their stderr (the table says
+/// which never ran).
+fn failures(rows: &[&Record]) -> String {
+    let mut out = String::new();
+    let failed: Vec<&&Record> = rows
         .iter()
         .filter(|r| r.failure.is_some() && r.executor.is_some())
         .collect();
-    if !failures.is_empty() {
-        out.push_str("\nfailures:\n");
-        for r in failures {
-            let Some(f) = &r.failure else { continue };
-            let what = if f.reason.starts_with(&f.status) {
-                f.reason.clone()
-            } else {
-                format!("{}: {}", f.status, f.reason)
-            };
-            let _ = writeln!(
-                out,
-                "  {} (partition {}, attempt {}, executor {}): {what}",
-                r.task_id,
-                r.job.partition,
-                r.job.attempt,
-                r.executor_name(),
-            );
-            let stderr = f.stderr.trim_end();
-            if !stderr.is_empty() {
-                out.push_str("    stderr:\n");
-                for l in stderr.lines() {
-                    let _ = writeln!(out, "      {l}");
-                }
+    if failed.is_empty() {
+        return out;
+    }
+    out.push_str("\nfailures:\n");
+    for r in failed {
+        let Some(f) = &r.failure else { continue };
+        let what = if f.reason.starts_with(&f.status) {
+            f.reason.clone()
+        } else {
+            format!("{}: {}", f.status, f.reason)
+        };
+        let _ = writeln!(
+            out,
+            "  {} (partition {}, attempt {}, executor {}): {what}",
+            r.task_id,
+            r.job.partition,
+            r.job.attempt,
+            r.executor_name(),
+        );
+        let stderr = f.stderr.trim_end();
+        if !stderr.is_empty() {
+            out.push_str("    stderr:\n");
+            for l in stderr.lines() {
+                let _ = writeln!(out, "      {l}");
             }
         }
     }
-    let mut tail = String::new();
-    if retries > 0 {
-        let _ = write!(tail, ", {retries} retried");
-    }
-    let _ = writeln!(
-        out,
-        "\nsummary: {partitions} tasks, {succeeded} succeeded, {failed} failed{tail}, \
-         {rows_in} rows in, {rows_out} rows out, {:.2} s",
-        elapsed.as_secs_f64()
-    );
-    (out, failed == 0)
+    out
 }
 
 /// The first line of `s`, at most `max` characters.
@@ -951,7 +971,7 @@ fn one_line(s: &str, max: usize) -> String {
 }
 
 /// `executor-shim harness`.
-pub fn run(args: HarnessArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: HarnessArgs) -> anyhow::Result<Done> {
     let started = Instant::now();
     // The local sidecars inherit our stderr; their per-task info lines would
     // bury the progress and the per-task lines. `SIDECAR_LOG=info` shows them.
@@ -962,49 +982,8 @@ pub fn run(args: HarnessArgs) -> anyhow::Result<ExitCode> {
     // From here on an interruption stops the run cleanly: sidecars that are
     // starting are stopped again, no task starts, the summary is printed.
     interrupt::install();
-    if args.partitions == 0 {
-        return Err(HarnessError::Zero { flag: "partitions" }.into());
-    }
-    if args.executors == 0 {
-        return Err(HarnessError::Zero { flag: "executors" }.into());
-    }
-    if args.parallel == Some(0) {
-        return Err(HarnessError::Zero { flag: "parallel" }.into());
-    }
-    let input_format = match args.input_format {
-        Some(f) => f,
-        None => {
-            let own = crate::format::format_from_path(&args.input).ok_or_else(|| {
-                HarnessError::UnknownInputFormat {
-                    path: args.input.clone(),
-                }
-            })?;
-            // A Parquet or Arrow file input streams as an Arrow IPC stream.
-            if args.stream && !own.is_streamable() {
-                Format::Arrows
-            } else {
-                own
-            }
-        }
-    };
-    let output_format = args.output_format.unwrap_or(input_format);
-    if args.stream {
-        for format in [input_format, output_format] {
-            if !format.is_streamable() {
-                return Err(HarnessError::NotStreamable { format }.into());
-            }
-        }
-    }
-
-    let (schema, batches) = crate::format::read_path(&args.input, args.batch_size.max(1))
-        .with_context(|| format!("cannot read the input {}", args.input.display()))?;
-    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    let partitions: Vec<Vec<RecordBatch>> = partition_ranges(rows, args.partitions)
-        .into_iter()
-        .map(|r| slice_batches(&batches, r))
-        .collect();
-    drop(batches);
-
+    let (input_format, output_format) = formats(&args)?;
+    let (schema, partitions, rows) = load(&args)?;
     let removed = clear_outputs(&args.output)?;
     if removed > 0 {
         eprintln!(
@@ -1012,30 +991,11 @@ pub fn run(args: HarnessArgs) -> anyhow::Result<ExitCode> {
             args.output.display()
         );
     }
-
-    let (_temp, volume_root) = match &args.volume_root {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the volume root {}", dir.display()))?;
-            (None, dir.clone())
-        }
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("executor-shim-harness.")
-                .tempdir()
-                .context("cannot create a temporary volume root")?;
-            let p = t.path().to_owned();
-            (Some(t), p)
-        }
-    };
-
+    let (_temp, volume_root) = volume_root(args.volume_root.as_deref())?;
     let settings = backend::Settings {
         image: args.image.clone(),
-        command: if args.command.is_empty() && args.image.is_none() {
-            identity_command()
-        } else {
-            args.command.clone()
-        },
+        // Empty: the provider's default, the identity.
+        command: args.command.clone(),
         input_format,
         output_format,
         stream: args.stream,
@@ -1078,13 +1038,85 @@ pub fn run(args: HarnessArgs) -> anyhow::Result<ExitCode> {
         other => other?,
     }
     Ok(if interrupted {
-        // 128 + SIGINT, as a shell reports an interrupted command.
-        ExitCode::from(130)
+        Done::Interrupted
     } else if ok {
-        ExitCode::SUCCESS
+        Done::Success
     } else {
-        ExitCode::from(1)
+        Done::TasksFailed
     })
+}
+
+/// The input and output formats, checked against the counts and stream
+/// mode.
+fn formats(args: &HarnessArgs) -> anyhow::Result<(Format, Format)> {
+    if args.partitions == 0 {
+        return Err(HarnessError::Zero { flag: "partitions" }.into());
+    }
+    if args.executors == 0 {
+        return Err(HarnessError::Zero { flag: "executors" }.into());
+    }
+    if args.parallel == Some(0) {
+        return Err(HarnessError::Zero { flag: "parallel" }.into());
+    }
+    let input_format = match args.input_format {
+        Some(f) => f,
+        None => {
+            let own = executor_shim::format::format_from_path(&args.input).ok_or_else(|| {
+                HarnessError::UnknownInputFormat {
+                    path: args.input.clone(),
+                }
+            })?;
+            // A Parquet or Arrow file input streams as an Arrow IPC stream.
+            if args.stream && !own.is_streamable() {
+                Format::Arrows
+            } else {
+                own
+            }
+        }
+    };
+    let output_format = args.output_format.unwrap_or(input_format);
+    if args.stream {
+        for format in [input_format, output_format] {
+            if !format.is_streamable() {
+                return Err(HarnessError::NotStreamable { format }.into());
+            }
+        }
+    }
+    Ok((input_format, output_format))
+}
+
+/// The input, read once and sliced zero-copy into partitions; its schema
+/// and row count.
+fn load(args: &HarnessArgs) -> anyhow::Result<(SchemaRef, Vec<Vec<RecordBatch>>, usize)> {
+    let (schema, batches) =
+        executor_shim::format::read_path(&args.input, args.batch_size.max(1))
+            .with_context(|| format!("cannot read the input {}", args.input.display()))?;
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let partitions = partition_ranges(rows, args.partitions)
+        .into_iter()
+        .map(|r| slice_batches(&batches, r))
+        .collect();
+    Ok((schema, partitions, rows))
+}
+
+/// Where the executors' volumes go: `--volume-root`, or a temporary
+/// directory removed when the returned guard is dropped.
+fn volume_root(given: Option<&Path>) -> anyhow::Result<(Option<tempfile::TempDir>, PathBuf)> {
+    match given {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the volume root {}", dir.display()))?;
+            Ok((None, dir.to_owned()))
+        }
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("executor-shim-harness.")
+                .tempdir()
+                .context("cannot create a temporary volume root")?;
+            let p = t.path().to_owned();
+            Ok((Some(t), p))
+        }
+    }
 }
 
 /// SIGINT / SIGTERM: the first one stops the run cleanly (running tasks
@@ -1119,12 +1151,12 @@ mod interrupt {
     }
 }
 
-/// The real executors: one volume and one [`crate::provider::Sidecar`] each.
+/// The real executors: one volume and one [`executor_shim::provider::Sidecar`] each.
 mod backend {
     use super::*;
-    use crate::client::TaskRequest;
-    use crate::error::ShimError;
-    use crate::provider::{Provider, Sidecar, SidecarOptions};
+    use executor_shim::client::TaskRequest;
+    use executor_shim::error::ShimError;
+    use executor_shim::provider::{Provider, ProviderKind, ProviderSpec, Sidecar, SidecarOptions};
 
     /// How every executor is set up.
     #[derive(Debug, Clone)]
@@ -1237,12 +1269,18 @@ mod backend {
         }
     }
 
-    fn provider(settings: &Settings) -> Provider {
-        match &settings.image {
-            // An empty command lets the provider's default (dd identity) apply.
-            Some(image) => Provider::docker(image.clone(), settings.command.clone()),
-            None => Provider::process(settings.command.clone()),
+    fn provider(settings: &Settings) -> Result<Provider, ShimError> {
+        ProviderSpec {
+            kind: Some(match settings.image {
+                Some(_) => ProviderKind::Docker,
+                None => ProviderKind::Process,
+            }),
+            // Empty: the provider's default, the identity.
+            command: settings.command.clone(),
+            image: settings.image.clone(),
+            ..Default::default()
         }
+        .build()
     }
 
     /// Starts `n` sidecars at once, on `root/executor-<i>`. If any cannot
@@ -1262,7 +1300,7 @@ mod backend {
                 .map(|i| {
                     let volume = root.join(format!("executor-{i}"));
                     let (provider, opts) = (provider(settings), opts.clone());
-                    s.spawn(move || Sidecar::start(&volume, provider, opts))
+                    s.spawn(move || Sidecar::start(&volume, provider?, opts))
                 })
                 .collect();
             handles
