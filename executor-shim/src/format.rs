@@ -246,15 +246,7 @@ pub fn check_streamable(format: Format) -> Result<(), FormatError> {
 
 /// The format a file name's extension says (case-insensitive).
 pub fn format_from_path(path: &Path) -> Option<Format> {
-    let ext = path.extension()?.to_str()?.to_ascii_lowercase();
-    match ext.as_str() {
-        "parquet" | "pq" => Some(Format::Parquet),
-        "csv" => Some(Format::Csv),
-        "arrow" | "feather" | "ipc" => Some(Format::Arrow),
-        "arrows" => Some(Format::Arrows),
-        "jsonl" | "json" | "ndjson" => Some(Format::Jsonl),
-        _ => None,
-    }
+    Format::from_path(path)
 }
 
 // ---------------------------------------------------------------------------

@@ -136,6 +136,19 @@ impl Format {
     pub fn name(self) -> &'static str {
         self.extension()
     }
+
+    /// The format a file's extension names (`part.csv` is csv), if any.
+    pub fn from_path(path: &Path) -> Option<Self> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "parquet" | "pq" => Some(Format::Parquet),
+            "csv" => Some(Format::Csv),
+            "arrow" | "feather" | "ipc" => Some(Format::Arrow),
+            "arrows" => Some(Format::Arrows),
+            "jsonl" | "json" | "ndjson" => Some(Format::Jsonl),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Format {

@@ -70,6 +70,7 @@
 //! | `oneshot` | the Foundry layout: [`sidecar_core::protocol::drive`] over the core's file-backed flags and a runner that stamps the output into `logfile` |
 //! | `serve` | discovery, slots, lease, drain; each task driven over the same flags and a runner per task |
 //! | `supervisor` | every child process: spawn in its own group, the one reaper, TERM/grace/KILL, killing descendants |
+//! | `task_env` | what a serve task's logic is given: its environment, which staged file is its input |
 //! | `output` | timestamped log lines, stderr tails |
 //! | `init` | `--init-script` |
 //! | `check` | `check`: the image and runtime validated |
@@ -135,6 +136,7 @@ mod oneshot;
 mod output;
 mod serve;
 mod supervisor;
+mod task_env;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -395,47 +395,6 @@ impl TaskParts {
         }
     }
 
-    /// The environment of the logic.
-    fn env(&self, spec: &TaskSpec) -> Result<Vec<(OsString, OsString)>, Reject> {
-        let refused = |why: String| Reject::Refused {
-            path: self.task.start_flag(),
-            why,
-        };
-        let input_dir = self.task.input();
-        let input = match spec.input.as_ref().and_then(|i| i.files.first()) {
-            Some(f) => {
-                let rel = sidecar_core::safepath::validate_relative(f)
-                    .map_err(|e| refused(format!("input file: {e}")))?;
-                input_dir.join(rel)
-            }
-            None => input_dir.join(format!("part.{}", spec.input_format().extension())),
-        };
-        let output = self
-            .task
-            .output()
-            .join(format!("part.{}", spec.output_format().extension()));
-        let path = |p: &Path| p.as_os_str().to_owned();
-        let mut env: Vec<(OsString, OsString)> = vec![
-            ("SIDECAR_TASK_ID".into(), self.task.id().as_str().into()),
-            ("SIDECAR_TASK_DIR".into(), path(self.task.root())),
-            ("SIDECAR_INPUT_DIR".into(), path(&input_dir)),
-            ("SIDECAR_OUTPUT_DIR".into(), path(&self.task.output())),
-            ("SIDECAR_INPUT".into(), path(&input)),
-            ("SIDECAR_OUTPUT".into(), path(&output)),
-            ("SIDECAR_PROGRESS".into(), path(&self.task.progress())),
-            ("SHARED_DIR".into(), path(self.server.volume.root())),
-        ];
-        for (k, v) in &spec.env {
-            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-                return Err(refused(format!(
-                    "invalid environment variable {k:?} in the task spec"
-                )));
-            }
-            env.push((k.into(), v.into()));
-        }
-        Ok(env)
-    }
-
     /// Creates `output/` and opens the capture files, never through links.
     fn prepare(&self) -> Result<(std::fs::File, std::fs::File), Reject> {
         let out = self.task.output();
@@ -466,7 +425,7 @@ impl TaskParts {
     /// Starts the logic once a slot is free: `Err(None)` if the task was
     /// stopped while it waited.
     async fn start(&self, spec: &TaskSpec) -> Result<Running, Result<Reject, String>> {
-        let env = self.env(spec).map_err(Ok)?;
+        let env = crate::task_env::env(&self.task, self.server.volume.root(), spec).map_err(Ok)?;
         let slot = tokio::select! {
             biased;
             c = self.cancelled() => return Err(Err(c.reason)),

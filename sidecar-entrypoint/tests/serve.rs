@@ -342,7 +342,8 @@ fn root_close_flag_drains_in_flight_tasks() {
     // stays for the executor to collect (no close_flag was awaited).
     let d = done(&dir, "p0-a0");
     assert_eq!(d["status"], "succeeded", "{d:#}");
-    assert_eq!(d["outputs"][0]["path"], "part.arrows");
+    // An empty spec: the output follows the staged input's format.
+    assert_eq!(d["outputs"][0]["path"], "part.csv");
 }
 
 #[test]
@@ -546,6 +547,82 @@ fn stale_lease_without_exit_on_orphan_keeps_serving() {
     let d = done(&dir, "quick");
     drop(beater);
     assert_eq!(d["status"], "succeeded", "{d:#}");
+    dir.touch("close_flag");
+    assert_eq!(sidecar.wait(LONG).code(), Some(0));
+}
+
+/// An executor that knows only the volume layout stages one CSV file and
+/// writes an empty start flag: the logic gets that file, and the output
+/// follows its format. A spec that names a file that is not staged fails
+/// the task without running the logic, naming the file; several staged
+/// files and no spec leave `SIDECAR_INPUT` unset.
+#[test]
+fn an_empty_start_flag_gets_what_was_staged() {
+    let dir = Dir::new();
+    let logic = script(
+        &dir,
+        "logic.sh",
+        r#"touch "$SIDECAR_TASK_DIR/ran"
+if [ -z "${SIDECAR_INPUT+set}" ]; then ls "$SIDECAR_INPUT_DIR" > "$SIDECAR_OUTPUT"; exit 0; fi
+tr a-z A-Z < "$SIDECAR_INPUT" > "$SIDECAR_OUTPUT"
+"#,
+    );
+    let sidecar = serve(&dir, &[], &logic);
+    dir.write("tasks/one/input/trips.csv", "a,b\n1,2\n");
+    dir.touch("tasks/one/start_flag");
+    let d = done(&dir, "one");
+    assert_eq!(d["status"], "succeeded", "{d:#}");
+    assert_eq!(d["outputs"][0]["path"], "part.csv", "{d:#}");
+    assert_eq!(dir.read("tasks/one/output/part.csv"), "A,B\n1,2\n");
+
+    dir.write("tasks/missing/input/part.csv", "x\n");
+    dir.write(
+        "tasks/missing/start_flag",
+        r#"{"input":{"format":"csv","files":["part.csv","extra.csv"]}}"#,
+    );
+    let d = done(&dir, "missing");
+    assert_eq!(d["status"], "failed", "{d:#}");
+    assert!(
+        reason(&d).contains("\"extra.csv\"") && reason(&d).contains("not staged"),
+        "{d:#}"
+    );
+    assert!(!dir.exists("tasks/missing/ran"), "the logic ran");
+
+    dir.write("tasks/two/input/a.jsonl", "{}\n");
+    dir.write("tasks/two/input/b.jsonl", "{}\n");
+    dir.touch("tasks/two/start_flag");
+    let d = done(&dir, "two");
+    assert_eq!(d["status"], "succeeded", "{d:#}");
+    assert_eq!(d["outputs"][0]["path"], "part.jsonl", "{d:#}");
+    assert_eq!(
+        dir.read("tasks/two/output/part.jsonl"),
+        "a.jsonl\nb.jsonl\n"
+    );
+    dir.touch("close_flag");
+    assert_eq!(sidecar.wait(LONG).code(), Some(0));
+}
+
+/// A relative `--volume` is made absolute at start: the logic runs in its
+/// task directory, and the paths it is given still name the volume.
+#[test]
+fn a_relative_volume_hands_the_logic_absolute_paths() {
+    let dir = Dir::new();
+    let logic = script(
+        &dir,
+        "logic.sh",
+        "cat \"$SIDECAR_INPUT\" > \"$SIDECAR_OUTPUT\"\necho \"$SHARED_DIR\" >&2\n",
+    );
+    let (mut cmd, files) = Sidecar::command(&dir);
+    cmd.current_dir(dir.path().parent().unwrap())
+        .arg("--volume")
+        .arg(dir.path().file_name().unwrap())
+        .args(["--mode", "serve", "--", "sh", logic.to_str().unwrap()]);
+    let sidecar = Sidecar::spawn(cmd, files);
+    dir.wait_for("sidecar/ready");
+    stage(&dir, "rel", "x\n", "");
+    let d = done(&dir, "rel");
+    assert_eq!(d["status"], "succeeded", "{d:#}");
+    assert_eq!(d["stderr_tail"], format!("{}\n", dir.path().display()));
     dir.touch("close_flag");
     assert_eq!(sidecar.wait(LONG).code(), Some(0));
 }
