@@ -44,8 +44,10 @@ use sidecar_core::atomic::{self, Durability};
 use sidecar_core::files::ExecutorFlags;
 use sidecar_core::liveness::{Liveness, Monitor};
 use sidecar_core::manifest::VerifiedReader;
+use sidecar_core::owner::OwnerLock;
 use sidecar_core::record::{InputSpec, OutputSpec};
 use sidecar_core::safepath;
+use sidecar_core::state::TaskState;
 use sidecar_core::wait::Watch;
 use sidecar_core::{Format, Outcome, Status, TaskDir, TaskId, TaskSpec, Volume, PROTOCOL_VERSION};
 
@@ -90,7 +92,35 @@ pub struct TaskRequest {
     pub env: BTreeMap<String, String>,
     /// Rows per output batch handed to the sink (at most).
     pub batch_size: usize,
+    /// Cancels the task from another thread (see [`CancelToken`]).
+    pub cancel: CancelToken,
 }
+
+/// Stops a task from another thread: the task's logic is stopped in the
+/// sidecar (its cancel flag) and [`run_task`] returns
+/// [`ShimError::Cancelled`]. A waiting task notices at its next wake-up;
+/// [`crate::provider::Sidecar::wake`] makes that now. Clones share the
+/// token; two tokens are equal only if they are clones.
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl PartialEq for CancelToken {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for CancelToken {}
 
 impl Default for TaskRequest {
     fn default() -> Self {
@@ -111,6 +141,7 @@ impl TaskRequest {
             timeout: None,
             env: BTreeMap::new(),
             batch_size: DEFAULT_BATCH_SIZE,
+            cancel: CancelToken::default(),
         }
     }
 
@@ -266,6 +297,9 @@ where
     let id = request.task_id();
     let task = ctx.volume.task(&id);
     prepare_task_dir(ctx.volume, &task)?;
+    // Held until the task is closed: if this process dies, the sidecar
+    // sees the lock go and stops the task (sidecar_core::owner).
+    let _owner = OwnerLock::claim(&task)?;
     let _unwatch = Unwatch::arm(ctx.watch, task.root())?;
     let run = Run::new(ctx, task, request);
     let result = if request.stream {
@@ -454,6 +488,7 @@ impl<'c> Run<'c> {
         if let Some(outcome) = self.read_outcome()? {
             return Ok(Some(outcome));
         }
+        self.check_cancelled()?;
         if let Err(gone) = self.ctx.health.check() {
             // It may have written the flag just before it went.
             if let Some(outcome) = self.read_outcome()? {
@@ -463,6 +498,15 @@ impl<'c> Run<'c> {
         }
         self.check_deadline()?;
         Ok(None)
+    }
+
+    fn check_cancelled(&self) -> Result<(), ShimError> {
+        if self.request.cancel.is_cancelled() {
+            return Err(ShimError::Cancelled {
+                task: self.id().clone(),
+            });
+        }
+        Ok(())
     }
 
     fn check_deadline(&self) -> Result<(), ShimError> {
@@ -563,13 +607,17 @@ impl<'c> Run<'c> {
     /// After an error: stop the logic if it may still run, let the sidecar
     /// clean up; if the sidecar is gone, clean up here.
     fn abort(&self, err: &ShimError) {
+        // Never started (staging failed or was cancelled): the sidecar never
+        // took it up, so the directory is ours to remove.
+        let staged = self.flags.state() == TaskState::Staged;
+        if staged || matches!(err, ShimError::SidecarExited { .. }) {
+            let _ = std::fs::remove_dir_all(self.task.root());
+            return;
+        }
         if let Err(e) = self.flags.cancel() {
             tracing::warn!("task {}: cannot write the cancel flag: {e}", self.id());
         }
         self.close();
-        if matches!(err, ShimError::SidecarExited { .. }) {
-            let _ = std::fs::remove_dir_all(self.task.root());
-        }
     }
 
     // --- file mode ---------------------------------------------------------
@@ -624,6 +672,7 @@ impl<'c> Run<'c> {
                     BatchWriter::new(self.request.input_format, schema, &mut *file, &label)?;
                 for batch in input {
                     w.write(&batch.map_err(ShimError::Input)?)?;
+                    self.check_cancelled()?;
                 }
                 Ok::<_, ShimError>(w.finish()?)
             })();

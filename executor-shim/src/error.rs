@@ -33,6 +33,9 @@ pub enum ShimError {
         reason: Option<String>,
         stderr_tail: String,
     },
+    /// The caller cancelled the task ([`crate::client::CancelToken`]).
+    #[error("task {task} was cancelled by the executor side; its logic was stopped")]
+    Cancelled { task: TaskId },
     /// The sidecar's heartbeat stopped changing.
     #[error("sidecar unresponsive: heartbeat {} unchanged for {:.1}s (is the sidecar serving {}? check its logs; a hung or killed sidecar stops beating)", .heartbeat.display(), .heartbeat_age.as_secs_f64(), .volume.display())]
     SidecarUnresponsive {
@@ -96,6 +99,8 @@ pub enum ShimError {
     Wait(#[from] WaitError),
     #[error(transparent)]
     Flag(#[from] FlagError),
+    #[error(transparent)]
+    Owner(#[from] sidecar_core::owner::OwnerError),
     #[error(transparent)]
     Stream(#[from] StreamError),
     #[error("{}: {source}", .path.display())]

@@ -346,20 +346,71 @@ fn sigkilled_shim_leaves_no_sidecar() {
     assert!(alive(sidecar) && alive(logic));
     shim.kill().unwrap(); // SIGKILL: no destructor runs
     shim.wait().unwrap();
-    let killed = Instant::now();
-    // lease_timeout (10s) + the sidecar's grace (10s) + slack for a loaded machine.
-    let bound = Duration::from_secs(10 + 10 + 15);
-    let gone = wait_gone(sidecar, bound);
+    // Its last user gone, the sidecar stops its task and exits at once,
+    // not a lease timeout later.
+    let gone = wait_gone(sidecar, Duration::from_secs(30));
     println!("sidecar gone {:?} after the shim was SIGKILLed", gone);
     assert!(
-        gone.is_some(),
-        "sidecar {sidecar} still runs {:?} after the shim died",
-        killed.elapsed()
+        gone.is_some_and(|d| d < Duration::from_secs(2)),
+        "sidecar {sidecar} still ran {gone:?} after the shim died"
     );
     assert!(
         wait_gone(logic, Duration::from_secs(5)).is_some(),
         "logic {logic} outlived its sidecar"
     );
+}
+
+/// A task whose process dies (a Spark worker killed for a cancel or as a
+/// speculative loser) is stopped in the sidecar and reclaimed within two
+/// seconds, while the sidecar goes on serving its other users.
+#[test]
+fn a_dead_task_owner_is_stopped_while_the_sidecar_serves_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let (schema, batches) = sample(100, 10);
+    let input = dir.path().join("in.arrows");
+    std::fs::write(&input, ipc_stream(&schema, &batches)).unwrap();
+    let vol = dir.path().join("vol");
+    let sidecar = start(
+        &vol,
+        &format!("case \"$SIDECAR_TASK_ID\" in p7-*) {SLEEPER};; *) {CAT};; esac"),
+    );
+    // Another process joins the sidecar and runs a slow task on it.
+    let mut shim = Command::new(shim_bin())
+        .args(["run", "--volume", vol.to_str().unwrap(), "--partition", "7"])
+        .args([
+            "--provider",
+            "process",
+            "--entrypoint",
+            entrypoint().to_str().unwrap(),
+        ])
+        .args(["--", "sh", "-c", "exit 1"])
+        .stdin(std::fs::File::open(&input).unwrap())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let logic = logic_pid(&vol);
+    shim.kill().unwrap(); // SIGKILL: no destructor runs
+    shim.wait().unwrap();
+    let gone = wait_gone(logic, Duration::from_secs(30));
+    println!("logic gone {gone:?} after its owner was SIGKILLed");
+    assert!(
+        gone.is_some_and(|d| d < Duration::from_secs(2)),
+        "logic ran {gone:?} after its owner died"
+    );
+    let tasks = vol.join("tasks");
+    assert!(
+        wait_for(Duration::from_secs(2), || std::fs::read_dir(&tasks)
+            .unwrap()
+            .count()
+            == 0),
+        "the dead owner's task directory was not reclaimed"
+    );
+    // The sidecar still serves the handle that started it.
+    assert!(alive(sidecar.ready().pid));
+    let (_, out) = run(&sidecar, &req(false, None), &schema, &batches, None).unwrap();
+    assert_eq!(concat(&schema, &out), concat(&schema, &batches));
+    sidecar.shutdown().unwrap();
 }
 
 /// Streams 1 GiB through `cat` with `executor-shim run --stream` and checks

@@ -20,6 +20,7 @@ use crate::atomic::{write_atomic, AtomicError, Durability};
 use crate::id::TaskId;
 use crate::layout::{TaskDir, Volume, CANCEL_FLAG, CLOSE_FLAG, DONE_FLAG, START_FLAG};
 use crate::manifest::{self, ManifestError};
+use crate::owner::OwnerProbe;
 use crate::protocol::{Event, FlagWriter, ProtocolError, Reject, Waiter};
 use crate::record::{read_flag, Outcome, OutputFile, RecordError, Status, TaskSpec};
 use crate::state::{transition, StateError, TaskEvent, TaskState};
@@ -35,6 +36,8 @@ pub struct TaskFiles {
     output: Option<PathBuf>,
     /// Whether closing the task removes `dir` (serve mode).
     owns_dir: bool,
+    /// The lock file of the task's executor-side owner (serve mode).
+    owner: Option<PathBuf>,
 }
 
 impl TaskFiles {
@@ -44,6 +47,7 @@ impl TaskFiles {
             dir: volume.root().to_owned(),
             output: None,
             owns_dir: false,
+            owner: None,
         }
     }
 
@@ -53,6 +57,7 @@ impl TaskFiles {
             dir: task.root().to_owned(),
             output: Some(task.output()),
             owns_dir: true,
+            owner: Some(task.owner()),
         }
     }
 
@@ -144,17 +149,31 @@ pub struct FileFlags {
     files: TaskFiles,
     watch: Arc<Watch>,
     stop: Stop,
+    /// The task's executor-side owner, when it has one ([`crate::owner`]).
+    owner: Option<OwnerProbe>,
 }
 
 impl FileFlags {
     /// The flags of `files`, waited for through `watch` (which must watch
     /// their directory), until `stop` is raised.
     pub fn new(files: TaskFiles, watch: Arc<Watch>, stop: Stop) -> Self {
-        Self { files, watch, stop }
+        let owner = files.owner.as_deref().and_then(OwnerProbe::open_path);
+        Self {
+            files,
+            watch,
+            stop,
+            owner,
+        }
     }
 
     pub fn files(&self) -> &TaskFiles {
         &self.files
+    }
+
+    /// Whether the task had an executor-side owner and it is gone (its
+    /// process died): nobody will collect the task or close it.
+    pub fn owner_gone(&self) -> bool {
+        self.owner.as_ref().is_some_and(OwnerProbe::gone)
     }
 
     /// Waits until `found` returns an event, or the stop is raised.
@@ -194,7 +213,7 @@ impl Waiter for FileFlags {
         self.wait_for(task, &what, || {
             if exists(&start) {
                 Some(self.read_start())
-            } else if exists(&close) {
+            } else if exists(&close) || self.owner_gone() {
                 // Abandoned before it started.
                 Some(Event::Close)
             } else {
@@ -209,8 +228,9 @@ impl Waiter for FileFlags {
         let dir = self.files.dir().to_owned();
         let what = close.display().to_string();
         let gone = |d: &Path| self.files.owns_dir && !exists(d);
+        // An owner that died will never close the task: reclaim it.
         self.wait_for(task, &what, || {
-            (exists(&close) || gone(&dir)).then_some(Event::Close)
+            (exists(&close) || gone(&dir) || self.owner_gone()).then_some(Event::Close)
         })
         .await
     }

@@ -3,9 +3,9 @@
 //! ```text
 //! oneshot:  <volume>/{start_flag, done_flag, close_flag, logfile}
 //! serve:    <volume>/sidecar/{ready, heartbeat}
-//!           <volume>/executor/lease
+//!           <volume>/executor/{lease, sidecar.lock, sidecar.users}
 //!           <volume>/tasks/<task-id>/{input/, start_flag, output/, stdout, stderr,
-//!                                     progress, cancel_flag, done_flag, close_flag}
+//!                                     progress, owner, cancel_flag, done_flag, close_flag}
 //!           <volume>/close_flag
 //! ```
 
@@ -29,6 +29,12 @@ pub const OUTPUT_DIR: &str = "output";
 pub const STDOUT: &str = "stdout";
 pub const STDERR: &str = "stderr";
 pub const PROGRESS: &str = "progress";
+/// `tasks/<id>/owner`: locked by the task's executor-side owner.
+pub const OWNER: &str = "owner";
+/// `executor/sidecar.lock`: held while a sidecar is started, joined or stopped.
+pub const START_LOCK: &str = "sidecar.lock";
+/// `executor/sidecar.users`: shared by every executor-side user of the sidecar.
+pub const USERS_LOCK: &str = "sidecar.users";
 
 /// The mount path used when neither `--volume`, `$SIDECAR_VOLUME` nor
 /// `$SHARED_DIR` says otherwise.
@@ -100,6 +106,12 @@ impl Volume {
     pub fn lease(&self) -> PathBuf {
         self.executor_dir().join(LEASE)
     }
+    pub fn start_lock(&self) -> PathBuf {
+        self.executor_dir().join(START_LOCK)
+    }
+    pub fn users_lock(&self) -> PathBuf {
+        self.executor_dir().join(USERS_LOCK)
+    }
     pub fn tasks_dir(&self) -> PathBuf {
         self.root.join(TASKS_DIR)
     }
@@ -151,6 +163,9 @@ impl TaskDir {
     }
     pub fn progress(&self) -> PathBuf {
         self.root.join(PROGRESS)
+    }
+    pub fn owner(&self) -> PathBuf {
+        self.root.join(OWNER)
     }
 }
 

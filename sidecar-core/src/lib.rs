@@ -64,6 +64,7 @@
 //! | [`atomic`] | dot-temporary + rename writes |
 //! | [`wait`] | inotify waits with a polling fallback |
 //! | [`liveness`] | heartbeat and lease: beating, and judging by content |
+//! | [`owner`] | who holds a task or the sidecar on the executor side (`flock`) |
 //! | [`safepath`], [`manifest`] | path safety, output manifests and verified reads |
 //! | [`procfs`] | the few `/proc` facts both sides read |
 //!
@@ -107,6 +108,7 @@ pub mod id;
 pub mod layout;
 pub mod liveness;
 pub mod manifest;
+pub mod owner;
 pub mod procfs;
 pub mod protocol;
 pub mod record;

@@ -103,7 +103,9 @@ pub struct RunArgs {
     /// serve: executor/lease staleness bound (monitored once the lease exists).
     #[arg(long = "lease-timeout", value_parser = humantime::parse_duration, default_value = "10s")]
     pub lease_timeout: Duration,
-    /// serve: exit 0 after cancelling the tasks of a stale lease.
+    /// serve: exit 0, after cancelling the running tasks, once the executor
+    /// side is gone: its lease is stale, or no executor-side user holds
+    /// executor/sidecar.users any more.
     #[arg(long = "exit-on-orphan")]
     pub exit_on_orphan: bool,
     #[command(flatten)]

@@ -25,6 +25,7 @@ use sidecar_core::id::TaskId;
 use sidecar_core::layout::{is_hidden, TaskDir, Volume};
 use sidecar_core::liveness::{Beater, Liveness, Monitor};
 use sidecar_core::manifest::ManifestError;
+use sidecar_core::owner::{self, OwnerProbe};
 use sidecar_core::protocol::{self, Event, Finish, FlagWriter, ProtocolError, Reject, Runner};
 use sidecar_core::record::{read_flag, Outcome, OutputFile, Ready, Status, TaskSpec, Timestamp};
 use sidecar_core::wait::{WaitError, Watch};
@@ -41,6 +42,9 @@ const MAX_TICK: Duration = Duration::from_millis(250);
 /// How long in-flight tasks get, after a stop signal, to write their done
 /// flags beyond the grace.
 const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
+
+/// Why a task whose owner died is stopped.
+const OWNER_GONE: &str = "the task's owner on the executor side went away (its process exited)";
 
 /// Why a done task's directory outlives the sidecar.
 const DRAINING: &str = "the sidecar is shutting down; task directory left in place";
@@ -166,33 +170,17 @@ async fn serve_loop(server: &Arc<Server>, args: &RunArgs) -> End {
             tracing::info!("drained; exiting");
             return End::Success;
         }
-        // The lease: monitored once it has been seen to exist.
-        let now = Instant::now();
-        match lease.as_mut() {
-            None if server.volume.lease().exists() => {
-                lease = Some(Monitor::new(server.volume.lease(), args.lease_timeout, now));
-            }
-            None => {}
-            Some(m) => {
-                if let Liveness::Stale { age, .. } = m.observe(now) {
-                    let age = Duration::from_millis(age.as_millis() as u64);
-                    let reason = format!(
-                        "executor lease stale for {}",
-                        humantime::format_duration(age)
-                    );
-                    tracing::warn!("{reason}: cancelling every running task");
-                    server.abort.send_modify(|(epoch, r)| {
-                        *epoch += 1;
-                        *r = reason.clone();
-                    });
-                    lease = None;
-                    if args.exit_on_orphan {
-                        server.stop.raise(DRAINING);
-                        wait_pending(server, Some(server.ctx.grace + SHUTDOWN_SLACK)).await;
-                        tracing::info!("orphaned (--exit-on-orphan): exiting");
-                        return End::Success;
-                    }
-                }
+        if let Some(reason) = orphaned(server, args, &mut lease) {
+            tracing::warn!("{reason}: cancelling every running task");
+            server.abort.send_modify(|(epoch, r)| {
+                *epoch += 1;
+                *r = reason.clone();
+            });
+            if args.exit_on_orphan {
+                server.stop.raise(DRAINING);
+                wait_pending(server, Some(server.ctx.grace + SHUTDOWN_SLACK)).await;
+                tracing::info!("orphaned (--exit-on-orphan): exiting");
+                return End::Success;
             }
         }
         // A directory being staged may get its start flag before its
@@ -203,6 +191,35 @@ async fn serve_loop(server: &Arc<Server>, args: &RunArgs) -> End {
             () = server.watch.changed(wait) => {}
             _ = server.ctx.shutdown_signal() => {}
         }
+    }
+}
+
+/// Why the executor side is gone, if it is: its lease went stale (a lease
+/// is monitored once it has been seen to exist), or, with
+/// `--exit-on-orphan`, no executor-side user holds the sidecar any more
+/// ([`owner::users_gone`]).
+fn orphaned(server: &Server, args: &RunArgs, lease: &mut Option<Monitor>) -> Option<String> {
+    if args.exit_on_orphan && owner::users_gone(&server.volume) {
+        return Some("every executor-side user of this sidecar went away".into());
+    }
+    let now = Instant::now();
+    match lease.as_mut() {
+        None if server.volume.lease().exists() => {
+            *lease = Some(Monitor::new(server.volume.lease(), args.lease_timeout, now));
+            None
+        }
+        None => None,
+        Some(m) => match m.observe(now) {
+            Liveness::Stale { age, .. } => {
+                *lease = None;
+                let age = Duration::from_millis(age.as_millis() as u64);
+                Some(format!(
+                    "executor lease stale for {}",
+                    humantime::format_duration(age)
+                ))
+            }
+            Liveness::Alive => None,
+        },
     }
 }
 
@@ -264,7 +281,14 @@ fn discover(server: &Arc<Server>, warned: &mut HashSet<OsString>) -> bool {
             }
         };
         let task = server.volume.task(&id);
-        if !task.start_flag().exists() {
+        let abandoned = task.close_flag().exists();
+        if !task.start_flag().exists() && !abandoned {
+            if OwnerProbe::open(&task).is_some_and(|o| o.gone()) {
+                // Its owner died while staging: nobody will start it.
+                tracing::info!(task = %id, "the task's owner went away before it started; removing it");
+                let _ = std::fs::remove_dir_all(task.root());
+                continue;
+            }
             staging = true;
             continue;
         }
@@ -384,6 +408,8 @@ impl TaskParts {
                 Some("cancel_flag".to_owned())
             } else if !root.exists() {
                 Some("the task directory was removed".to_owned())
+            } else if self.flags.owner_gone() {
+                Some(OWNER_GONE.to_owned())
             } else {
                 None
             })

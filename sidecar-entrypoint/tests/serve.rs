@@ -626,3 +626,149 @@ fn a_relative_volume_hands_the_logic_absolute_paths() {
     dir.touch("close_flag");
     assert_eq!(sidecar.wait(LONG).code(), Some(0));
 }
+
+/// A process holding the exclusive lock on `path` (as an executor-side
+/// owner or user does), until killed.
+fn lock_holder(path: &Path, mode: &str) -> std::process::Child {
+    let child = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!(r#"exec 9<"$0"; flock {mode} 9; exec sleep 120"#),
+        ])
+        .arg(path)
+        .spawn()
+        .unwrap();
+    // Held once a non-blocking exclusive attempt fails.
+    wait_until(&format!("{} to be locked", path.display()), LONG, || {
+        !std::process::Command::new("flock")
+            .args(["-x", "-n"])
+            .arg(path)
+            .arg("true")
+            .status()
+            .unwrap()
+            .success()
+    });
+    child
+}
+
+/// A task whose executor-side owner dies (a Spark worker killed for a
+/// cancel) is stopped and its directory reclaimed promptly, through the
+/// volume alone; the other tasks go on.
+#[test]
+fn a_task_whose_owner_dies_is_stopped_and_reclaimed() {
+    let dir = Dir::new();
+    let logic = script(
+        &dir,
+        "logic.sh",
+        "echo $$ > \"$SIDECAR_TASK_DIR/pid\"\nexec sleep 60\n",
+    );
+    let sidecar = serve(&dir, &["--parallel", "2"], &logic);
+    let mut holders = Vec::new();
+    for id in ["doomed", "other"] {
+        // As the shim claims a task: the owner file appears already locked.
+        dir.touch(&format!("tasks/{id}/.owner.tmp"));
+        let tmp = dir.join(&format!("tasks/{id}/.owner.tmp"));
+        holders.push(lock_holder(&tmp, "-x"));
+        std::fs::rename(&tmp, dir.join(&format!("tasks/{id}/owner"))).unwrap();
+        dir.write(&format!("tasks/{id}/input/part.csv"), "x\n");
+        dir.touch(&format!("tasks/{id}/start_flag"));
+    }
+    let pid: i32 = dir.wait_for("tasks/doomed/pid").trim().parse().unwrap();
+    dir.wait_for("tasks/other/pid");
+    holders[0].kill().unwrap();
+    holders[0].wait().unwrap();
+    let died = std::time::Instant::now();
+    let task = dir.join("tasks/doomed");
+    if !sidecar_test_support::wait_for(LONG, || !task.exists()) {
+        panic!(
+            "the task was not reclaimed; sidecar log:\n{}",
+            sidecar.stderr_so_far()
+        );
+    }
+    let took = died.elapsed();
+    assert!(
+        !sidecar_core::procfs::is_running(pid),
+        "the logic outlived its owner"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "reclaimed {took:?} after its owner died"
+    );
+    // The other task still runs.
+    assert!(dir.exists("tasks/other/pid") && !dir.exists("tasks/other/done_flag"));
+    let log = sidecar.stderr_so_far();
+    assert!(
+        log.contains("owner on the executor side went away"),
+        "{log}"
+    );
+    holders[1].kill().unwrap();
+    holders[1].wait().unwrap();
+    let other = dir.join("tasks/other");
+    wait_until("the other task to be reclaimed", LONG, || !other.exists());
+    dir.touch("close_flag");
+    assert_eq!(sidecar.wait(LONG).code(), Some(0));
+}
+
+/// With `--exit-on-orphan`, a sidecar exits as soon as no executor-side
+/// user holds it, not a lease timeout later.
+#[test]
+fn exit_on_orphan_exits_when_the_last_user_goes() {
+    let dir = Dir::new();
+    let logic = script(&dir, "logic.sh", "exec sleep 60\n");
+    dir.touch("executor/sidecar.lock");
+    dir.touch("executor/sidecar.users");
+    let mut users = [
+        lock_holder(&dir.join("executor/sidecar.users"), "-s"),
+        lock_holder(&dir.join("executor/sidecar.users"), "-s"),
+    ];
+    let sidecar = serve(
+        &dir,
+        &["--exit-on-orphan", "--lease-timeout", "60s"],
+        &logic,
+    );
+    stage(&dir, "t", "x\n", "");
+    dir.wait_for("tasks/t/stdout");
+    users[0].kill().unwrap();
+    users[0].wait().unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let mut sidecar = sidecar;
+    assert!(sidecar.running(), "exited while a user was left");
+    users[1].kill().unwrap();
+    users[1].wait().unwrap();
+    let gone = std::time::Instant::now();
+    let ended = sidecar.wait(LONG);
+    let took = gone.elapsed();
+    assert_eq!(ended.code(), Some(0), "{}", ended.stderr);
+    assert!(
+        took < Duration::from_secs(2),
+        "exited {took:?} after its last user"
+    );
+    let d = done(&dir, "t");
+    assert_eq!(d["status"], "cancelled", "{d:#}");
+    assert!(reason(&d).contains("every executor-side user"), "{d:#}");
+}
+
+/// A task directory being staged whose owner dies is removed: nobody will
+/// start it.
+#[test]
+fn a_staged_task_whose_owner_dies_is_removed() {
+    let dir = Dir::new();
+    let logic = script(&dir, "logic.sh", "exit 0\n");
+    let sidecar = serve(&dir, &[], &logic);
+    dir.touch("tasks/half/.owner.tmp");
+    let tmp = dir.join("tasks/half/.owner.tmp");
+    let mut holder = lock_holder(&tmp, "-x");
+    std::fs::rename(&tmp, dir.join("tasks/half/owner")).unwrap();
+    dir.write("tasks/half/input/part.csv", "x\n");
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        dir.exists("tasks/half/input/part.csv"),
+        "removed while its owner lived"
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let half = dir.join("tasks/half");
+    wait_until("the abandoned task to be removed", LONG, || !half.exists());
+    dir.touch("close_flag");
+    assert_eq!(sidecar.wait(LONG).code(), Some(0));
+}

@@ -32,6 +32,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use executor_shim::ShimError;
+use sidecar_core::files::FlagError;
 
 /// The exit-status table, shown in `--help`.
 pub const EXIT_CODES: &str = "\
@@ -136,12 +137,14 @@ fn exit_code(result: &anyhow::Result<Done>) -> u8 {
     };
     match e {
         ShimError::TaskFailed { .. } => 3,
+        ShimError::Cancelled { .. } => 130,
         ShimError::Deadline { .. } => 4,
         e if e.is_sidecar_failure() => 5,
         ShimError::Format(_)
         | ShimError::Manifest(_)
         | ShimError::Path(_)
         | ShimError::Record(_)
+        | ShimError::Flag(FlagError::Foreign { .. } | FlagError::Record(_))
         | ShimError::Protocol { .. } => 6,
         _ => 1,
     }

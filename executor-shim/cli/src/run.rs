@@ -108,6 +108,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Done> {
     let sidecar = Sidecar::start(&args.volume, provider, opts)?;
 
     let mut request = TaskRequest::new(args.partition, args.attempt);
+    interrupt::cancel_on_signals(&request.cancel);
     request.input_format = args.input_format;
     request.output_format = args.output_format;
     request.stream = args.stream;
@@ -123,6 +124,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<Done> {
         out.write(b)
     });
     let shutdown = sidecar.shutdown();
+    if let Err(ShimError::Cancelled { .. }) = &result {
+        // Stopped by SIGINT or SIGTERM: the logic was stopped and the task
+        // closed in the sidecar.
+        eprintln!(
+            "executor-shim: {}",
+            result.err().map(|e| e.to_string()).unwrap_or_default()
+        );
+        return Ok(Done::Interrupted);
+    }
     let report = result?;
     out.finish(expected.unwrap_or_else(|| Arc::new(Schema::empty())))
         .context("writing the Arrow IPC stream to stdout")?;
@@ -192,5 +202,41 @@ impl<W: Write> Output<W> {
             w.into_inner()?.flush()?;
         }
         Ok(())
+    }
+}
+
+/// SIGINT and SIGTERM during a task cancel it (the sidecar stops its logic
+/// and the task is closed) rather than kill this process and leave the
+/// logic running; a second signal ends the process at once.
+mod interrupt {
+    use std::sync::OnceLock;
+
+    use executor_shim::client::CancelToken;
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+
+    static TOKEN: OnceLock<CancelToken> = OnceLock::new();
+
+    extern "C" fn on_signal(_: libc::c_int) {
+        // An atomic load and an atomic store: async-signal-safe.
+        if let Some(token) = TOKEN.get() {
+            token.cancel();
+        }
+    }
+
+    pub(super) fn cancel_on_signals(token: &CancelToken) {
+        if TOKEN.set(token.clone()).is_err() {
+            return;
+        }
+        let action = SigAction::new(
+            SigHandler::Handler(on_signal),
+            SaFlags::SA_RESETHAND | SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        for sig in [Signal::SIGINT, Signal::SIGTERM] {
+            // SAFETY: the handler only touches atomics (see `on_signal`).
+            if let Err(e) = unsafe { sigaction(sig, &action) } {
+                tracing::warn!("cannot handle {sig}: {e}; it will end the task at once");
+            }
+        }
     }
 }

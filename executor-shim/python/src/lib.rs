@@ -54,7 +54,7 @@ use arrow::datatypes::{Schema, SchemaRef};
 use arrow::ffi_stream::RecordBatchStreamReader;
 use arrow::pyarrow::{FromPyArrow, PyArrowType, ToPyArrow};
 use arrow::record_batch::RecordBatchReader;
-use executor_shim::client::{TaskReport, TaskRequest};
+use executor_shim::client::{CancelToken, TaskReport, TaskRequest};
 use executor_shim::error::ShimError;
 use executor_shim::provider::{
     Provider, ProviderKind, ProviderSpec, Sidecar as ShimSidecar, SidecarOptions,
@@ -267,16 +267,20 @@ impl PySidecar {
         let input = RecordBatchStreamReader::from_pyarrow_bound(reader)?;
         let sidecar = self.handle()?;
         let dead = Arc::clone(&self.dead);
+        let cancel = request.cancel.clone();
 
         let (tx, rx) = sync_channel::<Msg>(OUTPUT_DEPTH);
+        let handle = Arc::clone(&sidecar);
         std::thread::Builder::new()
             .name(format!("sidecar-{id}"))
-            .spawn(move || task_thread(&sidecar, &request, input, expected, &dead, &tx))
+            .spawn(move || task_thread(&handle, &request, input, expected, &dead, &tx))
             .map_err(|e| sidecar_err(format!("task {id}: cannot start its thread: {e}")))?;
         Ok(TaskRun {
             task_id: id,
             rx: Mutex::new(Some(rx)),
             report: Mutex::new(None),
+            cancel,
+            sidecar,
         })
     }
 
@@ -352,6 +356,33 @@ struct TaskRun {
     task_id: TaskId,
     rx: Mutex<Option<Receiver<Msg>>>,
     report: Mutex<Option<TaskReport>>,
+    /// Cancels the task when Python lets go of it early.
+    cancel: CancelToken,
+    sidecar: Arc<ShimSidecar>,
+}
+
+impl TaskRun {
+    /// Stops the task if it still runs: its logic is stopped in the sidecar
+    /// at once, not when it would next hand over a batch.
+    fn stop(&self) {
+        let running = self
+            .rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .is_some();
+        if running {
+            self.cancel.cancel();
+            self.sidecar.wake();
+        }
+    }
+}
+
+impl Drop for TaskRun {
+    fn drop(&mut self) {
+        // A generator Spark closed (a cancelled job, a `limit`) drops it.
+        self.stop();
+    }
 }
 
 #[pymethods]
@@ -386,10 +417,7 @@ impl TaskRun {
 
     /// Stops reading: the task is cancelled if it still runs.
     fn close(&self) {
-        self.rx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        self.stop();
     }
 
     /// The task id.
@@ -425,6 +453,15 @@ impl TaskRun {
     }
 }
 
+/// Removes the volume at `path` if what it served is gone for good: nobody
+/// holds its sidecar and the sidecar no longer runs. Returns whether it was
+/// removed.
+#[pyfunction]
+fn reclaim_volume(py: Python<'_>, path: PathBuf) -> PyResult<bool> {
+    py.detach(move || executor_shim::provider::reclaim(&path))
+        .map_err(sidecar_err)
+}
+
 /// The id of one attempt of one partition: `p<partition>-a<attempt>-<nonce>`
 /// (only `[A-Za-z0-9]` of the nonce is kept, up to 32 characters).
 #[pyfunction]
@@ -439,5 +476,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySidecar>()?;
     m.add_class::<TaskRun>()?;
     m.add_function(wrap_pyfunction!(task_id, m)?)?;
+    m.add_function(wrap_pyfunction!(reclaim_volume, m)?)?;
     Ok(())
 }

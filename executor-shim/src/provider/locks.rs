@@ -3,7 +3,10 @@
 //! * `executor/sidecar.lock` (exclusive while held): serialises starting,
 //!   joining and stopping the sidecar, across threads and processes.
 //! * `executor/sidecar.users` (shared by every handle for its life): the
-//!   last handle to go is the one whose exclusive upgrade succeeds.
+//!   last handle to go is the one whose exclusive upgrade succeeds; and a
+//!   sidecar started with `--exit-on-orphan` exits as soon as nobody holds
+//!   it ([`sidecar_core::owner::users_gone`]), which is how a dead
+//!   executor's sidecar goes within a moment, not a lease timeout later.
 //! * `executor/sidecar.json`: how to stop the sidecar (its pid, or its
 //!   container), for whichever handle turns out to be its last user.
 //!
@@ -13,7 +16,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -24,8 +26,6 @@ use sidecar_core::Volume;
 
 use crate::error::ShimError;
 
-pub(super) const START_LOCK: &str = "sidecar.lock";
-pub(super) const USERS_LOCK: &str = "sidecar.users";
 const OWNER_RECORD: &str = "sidecar.json";
 
 /// `executor/sidecar.json`: how to stop the sidecar.
@@ -106,19 +106,7 @@ pub(super) fn flock(f: &File, op: i32, wait: Duration, path: &Path) -> Result<()
     }
 }
 
-/// One attempt at `op` (with `LOCK_NB` for a non-blocking one).
-pub(super) fn try_flock(f: &File, op: i32) -> bool {
-    loop {
-        // SAFETY: flock on a descriptor `f` owns.
-        let r = unsafe { libc::flock(f.as_raw_fd(), op) };
-        if r == 0 {
-            return true;
-        }
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return false;
-        }
-    }
-}
+pub(super) use sidecar_core::owner::try_flock;
 
 #[cfg(test)]
 mod tests {
@@ -128,7 +116,7 @@ mod tests {
     #[test]
     fn the_last_user_is_the_one_whose_upgrade_succeeds() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(USERS_LOCK);
+        let path = dir.path().join(sidecar_core::layout::USERS_LOCK);
         let a = lock_file(&path, libc::LOCK_SH, Duration::from_secs(1)).unwrap();
         let b = lock_file(&path, libc::LOCK_SH, Duration::from_secs(1)).unwrap();
         assert!(

@@ -66,7 +66,7 @@ use sidecar_core::wait::WatchMode;
 use crate::error::ShimError;
 
 pub use process::locate_entrypoint;
-pub use sidecar::Sidecar;
+pub use sidecar::{reclaim, Sidecar};
 
 /// The volume's mount path inside a Docker sidecar.
 pub const CONTAINER_VOLUME: &str = "/opt/sidecar/shared-volumes/shared";

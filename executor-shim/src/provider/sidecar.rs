@@ -26,7 +26,7 @@ use sidecar_core::record::{read_flag, RecordError};
 use sidecar_core::wait::{Watch, WatchConfig, DEFAULT_POLL};
 use sidecar_core::{Ready, Volume};
 
-use super::locks::{self, OwnerRecord, START_LOCK, USERS_LOCK};
+use super::locks::{self, OwnerRecord};
 use super::{docker, process, Provider, ProviderKind, SidecarOptions};
 use crate::client::{self, Health, SidecarProbe, TaskContext, TaskReport, TaskRequest};
 use crate::error::ShimError;
@@ -130,12 +130,11 @@ impl Sidecar {
         if provider == Provider::Attach {
             return Self::attach(vol, watch, opts);
         }
-        let dir = vol.executor_dir();
         let wait = opts.ready_timeout + Duration::from_secs(10);
-        let start_lock = locks::lock_file(&dir.join(START_LOCK), libc::LOCK_EX, wait)?;
-        let users = locks::open_unlocked(&dir.join(USERS_LOCK))?;
+        let start_lock = locks::lock_file(&vol.start_lock(), libc::LOCK_EX, wait)?;
+        let users = locks::open_unlocked(&vol.users_lock())?;
         if let Some(ready) = live_sidecar(&vol, &opts, &users) {
-            locks::flock(&users, libc::LOCK_SH, wait, &dir.join(USERS_LOCK))?;
+            locks::flock(&users, libc::LOCK_SH, wait, &vol.users_lock())?;
             let lease = Beater::start(vol.lease(), opts.lease_interval)?;
             let record = OwnerRecord::read(&vol).unwrap_or_default();
             tracing::info!(
@@ -215,8 +214,7 @@ impl Sidecar {
         let launched = Launched::spawn(&vol, &opts, provider)?;
         let health = Health::new(&vol, opts.stale_after, Some(launched.probe()));
         let ready = wait_ready(&vol, &watch, &opts, Some(launched.probe()), true)?;
-        let users_path = vol.executor_dir().join(USERS_LOCK);
-        locks::flock(&users, libc::LOCK_SH, opts.ready_timeout, &users_path)?;
+        locks::flock(&users, libc::LOCK_SH, opts.ready_timeout, &vol.users_lock())?;
         launched.record.write(&vol)?;
         drop(start_lock);
         let role = Role::Launched(launched.keep());
@@ -255,6 +253,12 @@ impl Sidecar {
     /// sidecar that died between tasks can be replaced first.
     pub fn is_alive(&self) -> bool {
         !self.stopped.load(Ordering::SeqCst) && self.health.check().is_ok()
+    }
+
+    /// Wakes every task of this handle that waits, so that it looks at its
+    /// state now (a [`client::CancelToken`] just cancelled, say).
+    pub fn wake(&self) {
+        self.watch.poke();
     }
 
     /// The task context for [`client::run_task`].
@@ -326,10 +330,9 @@ impl Sidecar {
     }
 
     fn stop_if_last(&self, stopper: &Stopper) -> Result<(), ShimError> {
-        let dir = self.volume.executor_dir();
         // Serialised with starts: nobody joins while we decide.
         let _start_lock = locks::lock_file(
-            &dir.join(START_LOCK),
+            &self.volume.start_lock(),
             libc::LOCK_EX,
             Duration::from_secs(10),
         )
@@ -374,6 +377,25 @@ fn stop_sidecar(vol: &Volume, stopper: &Stopper, grace: Duration) -> Result<(), 
     OwnerRecord::remove(vol);
     closed?;
     result
+}
+
+/// Removes the volume at `dir` if what it served is gone for good: no
+/// executor-side user holds or is taking its sidecar, and the sidecar its
+/// owner record names no longer runs. This is how the volume of a dead
+/// executor is reclaimed (its sidecar exits on its own as soon as its users
+/// are gone: `--exit-on-orphan`). Returns whether it was removed; a volume
+/// in use, or with nothing that says it was a launched sidecar's, is left
+/// alone.
+pub fn reclaim(dir: &Path) -> Result<bool, ShimError> {
+    let vol = Volume::new(dir);
+    if !vol.users_lock().is_file() || !sidecar_core::owner::users_gone(&vol) {
+        return Ok(false);
+    }
+    if OwnerRecord::read(&vol).is_some_and(|r| Stopper::from_record(&r).running()) {
+        return Ok(false);
+    }
+    std::fs::remove_dir_all(dir).map_err(ShimError::io(dir))?;
+    Ok(true)
 }
 
 /// Stops what an orphaned sidecar of an earlier handle may still run, and
