@@ -65,6 +65,12 @@ const READ_ERROR_GRACE: Duration = Duration::from_secs(2);
 /// The least time between two reads of the heartbeat file by one task.
 const HEARTBEAT_CHECK: Duration = Duration::from_millis(100);
 
+/// Outputs up to this size are read once, verified as they are read, and
+/// decoded from memory (zero-copy for Arrow IPC streams); larger ones are
+/// verified, then decoded from a second read, so the memory a task takes
+/// stays bounded.
+pub const IN_MEMORY_MAX: u64 = 512 << 20;
+
 /// How much of the task's `stderr` file is quoted when the outcome has no
 /// tail of its own.
 const STDERR_TAIL_BYTES: u64 = 4096;
@@ -224,6 +230,13 @@ impl Health {
 
     /// `Ok` while the sidecar may be alive; the error says how it is gone.
     pub fn check(&self) -> Result<(), ShimError> {
+        self.check_since(None)
+    }
+
+    /// [`Health::check`] for a task begun at `since`: a sidecar seen stale
+    /// before the task began (stopped, then resumed) gets the whole bound
+    /// from the task's start to show a new heartbeat.
+    pub fn check_since(&self, since: Option<Instant>) -> Result<(), ShimError> {
         if let Some(status) = self.exited() {
             return Err(ShimError::SidecarExited {
                 volume: self.volume.root().to_owned(),
@@ -242,6 +255,12 @@ impl Health {
         *last = Some(now);
         match monitor.observe(now) {
             Liveness::Alive => Ok(()),
+            Liveness::Stale { .. }
+                if since
+                    .is_some_and(|t| now.saturating_duration_since(t) <= monitor.stale_after()) =>
+            {
+                Ok(())
+            }
             Liveness::Stale { age, .. } => Err(ShimError::SidecarUnresponsive {
                 volume: self.volume.root().to_owned(),
                 heartbeat: self.volume.heartbeat(),
@@ -368,7 +387,7 @@ struct Unwatch<'a> {
 
 impl<'a> Unwatch<'a> {
     fn arm(watch: &'a Watch, dir: &Path) -> Result<Self, ShimError> {
-        watch.add(dir, false)?;
+        watch.add(dir)?;
         Ok(Self {
             watch,
             dir: dir.to_owned(),
@@ -430,11 +449,14 @@ struct Run<'c> {
     request: TaskRequest,
     /// Set when the start flag is written.
     deadline: Mutex<Option<Instant>>,
+    /// When the task began: the sidecar's heartbeat is judged from here.
+    started: Instant,
 }
 
 impl<'c> Run<'c> {
     fn new(ctx: &TaskContext<'c>, task: TaskDir, request: &TaskRequest) -> Self {
         Self {
+            started: Instant::now(),
             ctx: *ctx,
             flags: ExecutorFlags::new(task.clone()),
             task,
@@ -489,7 +511,7 @@ impl<'c> Run<'c> {
             return Ok(Some(outcome));
         }
         self.check_cancelled()?;
-        if let Err(gone) = self.ctx.health.check() {
+        if let Err(gone) = self.ctx.health.check_since(Some(self.started)) {
             // It may have written the flag just before it went.
             if let Some(outcome) = self.read_outcome()? {
                 return Ok(Some(outcome));
@@ -706,27 +728,31 @@ impl<'c> Run<'c> {
         let (mut rows, mut bytes) = (0u64, 0u64);
         for entry in &outcome.outputs {
             let rel = safepath::validate_relative(&entry.path)?;
-            // Verified first, so a truncated or swapped file fails before
-            // any of its rows reach the sink; the decoding pass verifies again.
-            let reader = VerifiedReader::open_verified(&dir, entry)?;
             if entry.bytes == 0 {
+                // Still opened: a link or a special file is refused.
+                VerifiedReader::open(&dir, entry)?.finish()?;
                 continue;
             }
             let fmt = format::format_from_path(rel).unwrap_or(self.request.output_format());
             let label = self.label(&dir.join(rel));
-            let mut batches = format::read_batches(
-                fmt,
-                reader,
-                &label,
-                expected.clone(),
-                self.request.batch_size,
-            )?;
-            for batch in &mut batches {
-                let batch = batch?;
-                rows += batch.num_rows() as u64;
-                sink(batch)?;
-            }
-            batches.finish()?.finish()?;
+            let batch_size = self.request.batch_size;
+            rows += if entry.bytes <= IN_MEMORY_MAX {
+                // One read, which verifies: a truncated or swapped file fails
+                // before any of its rows reach the sink; decoded from memory.
+                let data = VerifiedReader::open(&dir, entry)?.read_verified()?;
+                let batches = format::read_memory(fmt, data, &label, expected.clone(), batch_size)?;
+                deliver(batches, sink)?
+            } else {
+                // Too large to hold: verified first, then decoded from a
+                // second read, which verifies again (the file is the
+                // sidecar's to change).
+                let reader = VerifiedReader::open_verified(&dir, entry)?;
+                let mut batches =
+                    format::read_batches(fmt, reader, &label, expected.clone(), batch_size)?;
+                let n = deliver(&mut batches, sink)?;
+                batches.finish()?.finish()?;
+                n
+            };
             bytes += entry.bytes;
         }
         Ok((rows, bytes))
@@ -1000,6 +1026,20 @@ impl<'c> Run<'c> {
         let reader = batches.finish()?.into_inner().1;
         Ok((rows, reader.bytes_read()))
     }
+}
+
+/// Hands every batch to the sink; how many rows they held.
+fn deliver<I>(batches: I, sink: &mut Sink<'_>) -> Result<u64, ShimError>
+where
+    I: IntoIterator<Item = Result<RecordBatch, format::FormatError>>,
+{
+    let mut rows = 0u64;
+    for batch in batches {
+        let batch = batch?;
+        rows += batch.num_rows() as u64;
+        sink(batch)?;
+    }
+    Ok(rows)
 }
 
 fn read_some(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {

@@ -91,10 +91,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, RecordBatchReader};
+use arrow::buffer::Buffer;
 use arrow::compute::{can_cast_types, cast_with_options, CastOptions};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
-use arrow::ipc::reader::{FileReader, StreamReader};
+use arrow::ipc::reader::{FileReader, StreamDecoder, StreamReader};
 use arrow::ipc::writer::{FileWriter, StreamWriter};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ArrowWriter;
@@ -656,6 +657,12 @@ type Chained<R> = io::Chain<Cursor<Vec<u8>>, BufReader<R>>;
 
 enum Source<R> {
     Arrows(StreamReader<EofProbe<BufReader<R>>>),
+    /// An Arrow IPC stream already in memory, decoded zero-copy over it.
+    ArrowsMemory {
+        first: Option<RecordBatch>,
+        decoder: StreamDecoder,
+        buffer: Buffer,
+    },
     Arrow {
         reader: FileReader<Cursor<Vec<u8>>>,
         input: R,
@@ -748,6 +755,44 @@ pub fn read_batches<R: Read + Send + 'static>(
         Format::Csv => csv_source(input, file, expected, batch_size),
         Format::Jsonl => jsonl_source(input, file, expected, batch_size),
     }
+}
+
+/// Reads batches of `format` from `data`, the whole of a file already in
+/// memory (read once, and verified, by the caller). An Arrow IPC stream is
+/// decoded zero-copy over `data`: the batches share its buffers; the other
+/// formats are read from it as from a file.
+pub fn read_memory(
+    format: Format,
+    data: Vec<u8>,
+    file: &str,
+    expected: Option<SchemaRef>,
+    batch_size: usize,
+) -> Result<BatchIter<Cursor<Vec<u8>>>, FormatError> {
+    if format != Format::Arrows {
+        return read_batches(format, Cursor::new(data), file, expected, batch_size);
+    }
+    // The end-of-stream marker (continuation, zero length), or the legacy one.
+    if !(data.ends_with(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]) || data.ends_with(&[0, 0, 0, 0])) {
+        return Err(FormatError::Truncated {
+            file: file.to_owned(),
+            detail: "the Arrow IPC stream ends without its end-of-stream marker",
+        });
+    }
+    let mut buffer = Buffer::from_vec(data);
+    let mut decoder = StreamDecoder::new();
+    // The schema message comes first (the decoder refuses a batch before
+    // it); decoding it may yield the first batch too, kept for later.
+    let first = decoder.decode(&mut buffer).map_err(arrow_err(file))?;
+    let found = decoder.schema().ok_or_else(|| FormatError::Truncated {
+        file: file.to_owned(),
+        detail: "the Arrow IPC stream has no schema message",
+    })?;
+    let source = Source::ArrowsMemory {
+        first,
+        decoder,
+        buffer,
+    };
+    finish_setup(format, file, found, expected, source)
 }
 
 /// Reads a whole input file for the harness, the format from its extension.
@@ -1238,6 +1283,11 @@ impl<R: Read> BatchIter<R> {
                 }),
             },
             Source::Arrow { input, .. } | Source::Parquet { input, .. } => Ok(input),
+            // Read in full by the caller: nothing is left to hand back.
+            Source::ArrowsMemory { .. } => Err(FormatError::Io {
+                file: self.file,
+                source: io::Error::other("an in-memory stream has no reader to hand back"),
+            }),
             Source::Csv { input, .. } | Source::Jsonl { input, .. } => {
                 Ok(input.into_inner().1.into_inner())
             }
@@ -1255,6 +1305,22 @@ impl<R: Read> BatchIter<R> {
                 }),
                 None => Ok(None),
             },
+            Source::ArrowsMemory {
+                first,
+                decoder,
+                buffer,
+            } => {
+                if let Some(batch) = first.take() {
+                    return Ok(Some(batch));
+                }
+                while !buffer.is_empty() {
+                    if let Some(batch) = decoder.decode(buffer).map_err(arrow_err(file))? {
+                        return Ok(Some(batch));
+                    }
+                }
+                decoder.finish().map_err(arrow_err(file))?;
+                Ok(None)
+            }
             Source::Arrow { reader, .. } => reader.next().transpose().map_err(arrow_err(file)),
             Source::Parquet { reader, .. } => reader.next().transpose().map_err(arrow_err(file)),
             Source::Csv {

@@ -35,7 +35,7 @@ impl Runner for Noop {
 /// The sidecar side: drives tasks `0..n` as their directories appear.
 fn sidecar(volume: Volume, n: u64) -> Result<(), Error> {
     let watch = Arc::new(Watch::new(WatchConfig::default())?);
-    watch.add(&volume.tasks_dir(), false)?;
+    watch.add(&volume.tasks_dir())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -50,7 +50,7 @@ fn sidecar(volume: Volume, n: u64) -> Result<(), Error> {
                 })
                 .await?;
             // Armed before the flags are looked at: nothing is missed.
-            watch.add(&root, false)?;
+            watch.add(&root)?;
             let flags = FileFlags::new(TaskFiles::serve(&task), Arc::clone(&watch), Stop::never());
             protocol::drive(&id, &flags, &Noop, &flags).await?;
         }
@@ -80,7 +80,7 @@ fn main() -> Result<(), Error> {
     for p in 0..n {
         let task = volume.task(&TaskId::for_attempt(p, 0, ""));
         std::fs::create_dir(task.root())?;
-        watch.add(task.root(), false)?;
+        watch.add(task.root())?;
         let flags = ExecutorFlags::new(task.clone());
         let t0 = Instant::now();
         flags.start(&TaskSpec::default())?;

@@ -93,7 +93,7 @@
 //! let task = volume.task(&TaskId::for_attempt(3, 0, ""));
 //! std::fs::create_dir_all(task.input())?;
 //! let watch = wait::Watch::new(wait::WatchConfig::default())?;
-//! watch.add(task.root(), false)?;
+//! watch.add(task.root())?;
 //! let spec = TaskSpec { timeout_ms: Some(60_000), ..Default::default() };
 //! atomic::write_atomic(&task.start_flag(), &serde_json::to_vec(&spec)?, atomic::Durability::Visible)?;
 //! // ... a sidecar would now run the logic and write the done flag ...

@@ -194,6 +194,21 @@ impl VerifiedReader {
         Ok(reader)
     }
 
+    /// Reads the whole output once, verifying its size and checksum as it
+    /// goes: the bytes are returned only if they are exactly the listed
+    /// ones. One read serves both the check and the decoding that follows.
+    pub fn read_verified(mut self) -> Result<Vec<u8>, ManifestError> {
+        let cap = usize::try_from(self.entry.bytes).unwrap_or(usize::MAX);
+        let mut data = Vec::with_capacity(cap.saturating_add(1));
+        self.read_to_end(&mut data)
+            .map_err(|source| ManifestError::Io {
+                path: PathBuf::from(&self.entry.path),
+                source,
+            })?;
+        self.verify_rest()?;
+        Ok(data)
+    }
+
     /// Drains the rest and verifies size and checksum.
     pub fn finish(mut self) -> Result<(), ManifestError> {
         self.verify_rest()
@@ -296,6 +311,34 @@ mod tests {
         std::fs::write(out.join("b.csv"), b"x,y\n9,9\n").unwrap();
         let e = r.finish().unwrap_err();
         assert!(matches!(e, ManifestError::ChecksumMismatch { .. }), "{e}");
+    }
+
+    #[test]
+    fn read_verified_returns_only_the_listed_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        std::fs::write(out.join("b.csv"), b"x,y\n1,2\n").unwrap();
+        let m = scan(out).unwrap();
+        let data = VerifiedReader::open(out, &m[0])
+            .unwrap()
+            .read_verified()
+            .unwrap();
+        assert_eq!(data, b"x,y\n1,2\n");
+        // Longer, shorter or changed: refused, whatever was read.
+        for changed in [&b"x,y\n1,2\n3,4\n"[..], b"x,y\n", b"x,y\n1,3\n"] {
+            std::fs::write(out.join("b.csv"), changed).unwrap();
+            let e = VerifiedReader::open(out, &m[0])
+                .unwrap()
+                .read_verified()
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    ManifestError::SizeMismatch { .. } | ManifestError::ChecksumMismatch { .. }
+                ),
+                "{e}"
+            );
+        }
     }
 
     #[test]

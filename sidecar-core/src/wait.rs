@@ -1,24 +1,46 @@
 //! Event-driven waiting for flags, with a polling fallback.
 //!
-//! A [`Watch`] owns one inotify instance (through `notify`) and any number
-//! of watched directories. Every event bumps a generation counter and wakes
-//! both blocking and async waiters. A wait reads the generation *before* it
-//! checks its condition, so an event that lands between the check and the
-//! sleep is never missed: this is what "the watch is armed before the
-//! existence check" means in practice.
+//! A [`Watch`] owns one inotify instance and any number of watched
+//! directories (not recursive: a directory is watched when someone adds
+//! it). Every event that can change what a wait checks bumps a generation
+//! counter and wakes both blocking and async waiters. A wait reads the
+//! generation *before* it checks its condition, so an event that lands
+//! between the check and the sleep is never missed: this is what "the
+//! watch is armed before the existence check" means in practice.
+//!
+//! There is no helper thread. The inotify descriptor is read by the
+//! waiters themselves: a blocking waiter sleeps in `poll(2)` on it (one at
+//! a time; the others sleep on a condition variable the reader wakes), an
+//! async waiter awaits its readiness on the tokio reactor. An event thus
+//! wakes the thread that waits for it directly, with no hop through another
+//! thread. Only the events a wait can care about are asked of the kernel
+//! (entries created, renamed, removed, files closed after writing), and
+//! events about dot-files (the temporaries of atomic writes) are dropped.
+//!
+//! A watch can also keep a journal of *where* things happened
+//! ([`Watch::keep_journal`], [`Watch::take_changes`]): the serve loop
+//! uses it to look only at the task directories that changed, so the cost
+//! of an event does not grow with the number of task directories present.
 //!
 //! When no watch can be set up (the inotify instance or watch limits are
 //! exhausted, or the caller asks for it) the watch polls: waits then wake
-//! every `poll` interval. Even with events, a wait rechecks its condition
-//! every [`NATIVE_RECHECK`], so a lost event (queue overflow, a filesystem
-//! that delivers none) costs latency, never a hang.
+//! every `poll` interval and journals say "look everywhere". Even with
+//! events, a wait rechecks its condition every [`NATIVE_RECHECK`], so a
+//! lost event (queue overflow, a filesystem that delivers none) costs
+//! latency, never a hang.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use notify::{RecursiveMode, Watcher as _};
+use nix::errno::Errno;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
+use tokio::io::unix::AsyncFd;
 
 /// How often a wait rechecks its condition when inotify is in use.
 pub const NATIVE_RECHECK: Duration = Duration::from_millis(500);
@@ -65,127 +87,130 @@ pub enum WaitError {
     #[error("cannot start an inotify instance: too many open (raise fs.inotify.max_user_instances or the open-file limit, or use polling): {source}")]
     TooManyInstances {
         #[source]
-        source: notify::Error,
+        source: io::Error,
     },
     #[error("cannot watch {path}: {source}")]
     Watch {
         path: PathBuf,
         #[source]
-        source: notify::Error,
+        source: io::Error,
     },
 }
 
-#[derive(Debug, Default)]
-struct Shared {
-    generation: Mutex<u64>,
-    cond: Condvar,
-    notify: tokio::sync::Notify,
-}
-
-impl Shared {
-    fn bump(&self) {
-        if let Ok(mut g) = self.generation.lock() {
-            *g = g.wrapping_add(1);
-        }
-        self.cond.notify_all();
-        self.notify.notify_waiters();
-    }
-    fn get(&self) -> u64 {
-        self.generation.lock().map(|g| *g).unwrap_or(0)
-    }
-}
-
-/// A set of watched directories and the waits on them.
-pub struct Watch {
-    shared: Arc<Shared>,
-    watcher: Mutex<Option<notify::RecommendedWatcher>>,
-    polling: AtomicBool,
-    config: WatchConfig,
-}
-
-impl std::fmt::Debug for Watch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Watch")
-            .field("polling", &self.is_polling())
-            .field("config", &self.config)
-            .finish()
-    }
+/// What the kernel is asked to report: what can change a flag wait.
+/// Opens, reads and data or metadata changes are never reported: every
+/// reader's own footprint, or bursts that end in a close, which counts.
+fn mask() -> AddWatchFlags {
+    AddWatchFlags::IN_CREATE
+        | AddWatchFlags::IN_MOVED_TO
+        | AddWatchFlags::IN_MOVED_FROM
+        | AddWatchFlags::IN_DELETE
+        | AddWatchFlags::IN_CLOSE_WRITE
+        | AddWatchFlags::IN_DELETE_SELF
+        | AddWatchFlags::IN_MOVE_SELF
+        | AddWatchFlags::IN_ONLYDIR
+        | AddWatchFlags::IN_DONT_FOLLOW
 }
 
 /// The name prefix of [`probe_events`]'s file: a dot-file whose events
 /// must still count.
 const PROBE_PREFIX: &str = ".sidecar-probe.";
 
-/// Whether an event can change what a wait checks: an entry created,
-/// removed or renamed, or a file closed after writing (for writers that do
-/// not rename into place). Everything else only made every waiter on the
-/// directory run its check again, several times per flag written:
-///
-/// * opens and read-only closes are every reader's own footprint (each
-///   check that reads a flag opens it);
-/// * data and metadata changes come in bursts (one per `write`); a file
-///   written in place is complete at its close, which does count;
-/// * events about dot-files only: those are the temporaries of atomic
-///   writes, which readers ignore by design; their rename into place counts
-///   (the event names the new path too).
-fn can_change_a_wait(event: &notify::Event) -> bool {
-    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
-    let kind_counts = !matches!(
-        event.kind,
-        EventKind::Access(AccessKind::Open(_))
-            | EventKind::Access(AccessKind::Close(AccessMode::Read))
-            | EventKind::Modify(ModifyKind::Metadata(_))
-            | EventKind::Modify(ModifyKind::Data(_))
-    );
-    let hidden_only = !event.paths.is_empty()
-        && event.paths.iter().all(|p| {
-            p.file_name().is_some_and(|n| {
-                crate::layout::is_hidden(n)
-                    && !n.as_encoded_bytes().starts_with(PROBE_PREFIX.as_bytes())
-            })
-        });
-    kind_counts && !hidden_only
+/// The largest journal kept before it is replaced by "look everywhere".
+const JOURNAL_MAX: usize = 1 << 16;
+
+/// Where things happened since the journal was last taken.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// Look everywhere: events were lost (queue overflow, a journal too
+    /// long), or the watch polls.
+    pub rescan: bool,
+    /// `(watched directory, entry name)` of every event; the name is empty
+    /// for an event about the directory itself.
+    pub entries: Vec<(PathBuf, OsString)>,
 }
 
-fn classify(path: &Path, source: notify::Error) -> WaitError {
-    match &source.kind {
-        notify::ErrorKind::MaxFilesWatch => WaitError::WatchLimit {
-            path: path.to_owned(),
-        },
-        notify::ErrorKind::Io(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
-            WaitError::WatchLimit {
-                path: path.to_owned(),
-            }
-        }
-        notify::ErrorKind::Io(e)
-            if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) =>
-        {
-            WaitError::TooManyInstances { source }
-        }
-        _ => WaitError::Watch {
-            path: path.to_owned(),
-            source,
-        },
+/// The generation and the reader's hand-overs, under one lock so that a
+/// sleeping waiter hears of either.
+#[derive(Debug, Default)]
+struct Clock {
+    generation: u64,
+    /// Bumped each time a blocking reader stops reading.
+    handovers: u64,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    clock: Mutex<Clock>,
+    cond: Condvar,
+    notify: tokio::sync::Notify,
+}
+
+impl Shared {
+    fn clock(&self) -> MutexGuard<'_, Clock> {
+        self.clock.lock().unwrap_or_else(|p| p.into_inner())
     }
+    fn bump(&self) {
+        let mut c = self.clock();
+        c.generation = c.generation.wrapping_add(1);
+        drop(c);
+        self.cond.notify_all();
+        self.notify.notify_waiters();
+    }
+    fn handover(&self) {
+        let mut c = self.clock();
+        c.handovers = c.handovers.wrapping_add(1);
+        drop(c);
+        self.cond.notify_all();
+    }
+}
+
+/// Watched directories by descriptor, and the journal.
+#[derive(Debug, Default)]
+struct Book {
+    dirs: HashMap<WatchDescriptor, PathBuf>,
+    wds: HashMap<PathBuf, WatchDescriptor>,
+    journal: Option<Changes>,
+}
+
+#[derive(Debug)]
+struct Native {
+    /// A duplicate of `fd`, registered with a tokio reactor on first async
+    /// use (none outside a runtime with its IO driver).
+    reactor: OnceLock<Option<AsyncFd<OwnedFd>>>,
+    fd: Inotify,
+    /// A blocking waiter sleeps in `poll(2)` on `fd`.
+    reading: AtomicBool,
+}
+
+/// A set of watched directories and the waits on them.
+#[derive(Debug)]
+pub struct Watch {
+    shared: Shared,
+    native: Option<Native>,
+    book: Mutex<Book>,
+    polling: AtomicBool,
+    config: WatchConfig,
+}
+
+fn io_err(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
 }
 
 impl Watch {
     /// Starts a watch with no directories yet.
     pub fn new(config: WatchConfig) -> Result<Self, WaitError> {
-        let shared = Arc::new(Shared::default());
-        let watcher = if config.mode == WatchMode::Poll {
+        let native = if config.mode == WatchMode::Poll {
             None
         } else {
-            let s = Arc::clone(&shared);
-            let handler = move |res: notify::Result<notify::Event>| {
-                if res.as_ref().map_or(true, can_change_a_wait) {
-                    s.bump();
-                }
-            };
-            match notify::recommended_watcher(handler) {
-                Ok(w) => Some(w),
+            match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
+                Ok(fd) => Some(Native {
+                    reactor: OnceLock::new(),
+                    fd,
+                    reading: AtomicBool::new(false),
+                }),
                 Err(e) => {
-                    let err = classify(Path::new("."), e);
+                    let err = WaitError::TooManyInstances { source: io_err(e) };
                     if config.mode == WatchMode::Native {
                         return Err(err);
                     }
@@ -198,50 +223,64 @@ impl Watch {
             }
         };
         Ok(Self {
-            polling: AtomicBool::new(watcher.is_none()),
-            watcher: Mutex::new(watcher),
-            shared,
+            polling: AtomicBool::new(native.is_none()),
+            shared: Shared::default(),
+            native,
+            book: Mutex::new(Book::default()),
             config,
         })
     }
 
-    /// Watches `dir` (and, if `recursive`, its subdirectories as they appear).
-    pub fn add(&self, dir: &Path, recursive: bool) -> Result<(), WaitError> {
-        let Ok(mut guard) = self.watcher.lock() else {
+    fn book(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The inotify instance, unless the watch polls.
+    fn native(&self) -> Option<&Native> {
+        self.native.as_ref().filter(|_| !self.is_polling())
+    }
+
+    /// Watches `dir` (not its subdirectories: add those as they matter).
+    /// A directory that is not there is an error; running out of watches
+    /// is one only in [`WatchMode::Native`] ([`WatchMode::Auto`] polls).
+    pub fn add(&self, dir: &Path) -> Result<(), WaitError> {
+        let Some(n) = self.native() else {
             return Ok(());
         };
-        let Some(w) = guard.as_mut() else {
-            return Ok(());
-        };
-        let mode = if recursive {
-            RecursiveMode::Recursive
-        } else {
-            RecursiveMode::NonRecursive
-        };
-        match w.watch(dir, mode) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let err = classify(dir, e);
-                if self.config.mode == WatchMode::Native {
-                    return Err(err);
-                }
+        match n.fd.add_watch(dir, mask()) {
+            Ok(wd) => {
+                let mut book = self.book();
+                book.dirs.insert(wd, dir.to_owned());
+                book.wds.insert(dir.to_owned(), wd);
+                Ok(())
+            }
+            Err(Errno::ENOSPC) if self.config.mode != WatchMode::Native => {
+                let err = WaitError::WatchLimit {
+                    path: dir.to_owned(),
+                };
                 tracing::warn!(
                     "{err}; falling back to polling every {:?}",
                     self.config.poll
                 );
-                *guard = None;
                 self.polling.store(true, Ordering::SeqCst);
+                self.shared.bump();
                 Ok(())
             }
+            Err(Errno::ENOSPC) => Err(WaitError::WatchLimit {
+                path: dir.to_owned(),
+            }),
+            Err(e) => Err(WaitError::Watch {
+                path: dir.to_owned(),
+                source: io_err(e),
+            }),
         }
     }
 
     /// Stops watching `dir` (best effort: a directory that is gone is fine).
     pub fn remove(&self, dir: &Path) {
-        if let Ok(mut guard) = self.watcher.lock() {
-            if let Some(w) = guard.as_mut() {
-                let _ = w.unwatch(dir);
-            }
+        let wd = self.book().wds.remove(dir);
+        if let (Some(wd), Some(n)) = (wd, self.native.as_ref()) {
+            let _ = n.fd.rm_watch(wd);
         }
     }
 
@@ -259,27 +298,144 @@ impl Watch {
         }
     }
 
-    /// The current generation (bumped by every event).
-    pub fn generation(&self) -> u64 {
-        self.shared.get()
+    /// Starts keeping a journal of where events happen ([`Watch::take_changes`]).
+    pub fn keep_journal(&self) {
+        self.book().journal.get_or_insert_with(Changes::default);
     }
 
-    /// Blocks until the generation differs from `seen` or `timeout` passes.
-    pub fn wait_changed(&self, seen: u64, timeout: Duration) {
-        let Ok(g) = self.shared.generation.lock() else {
-            std::thread::sleep(timeout);
-            return;
-        };
-        let _ = self
-            .shared
-            .cond
-            .wait_timeout_while(g, timeout, |g| *g == seen);
+    /// Where events happened since the last call (everything, when the
+    /// watch polls). Keeps the journal going.
+    pub fn take_changes(&self) -> Changes {
+        self.drain();
+        let polling = self.is_polling();
+        let mut book = self.book();
+        let mut changes = book.journal.replace(Changes::default()).unwrap_or_default();
+        changes.rescan |= polling;
+        changes
+    }
+
+    /// The current generation (bumped by every event that can change a
+    /// wait). Reads what the kernel has for us first.
+    pub fn generation(&self) -> u64 {
+        self.drain();
+        self.shared.clock().generation
     }
 
     /// Wakes every waiter as if an event had arrived (used by callers that
     /// learn of a change another way, e.g. a child process exiting).
     pub fn poke(&self) {
         self.shared.bump();
+    }
+
+    /// Reads every pending event without blocking; bumps the generation
+    /// (and fills the journal) if one can change a wait.
+    fn drain(&self) {
+        let Some(n) = self.native() else { return };
+        let mut relevant = false;
+        loop {
+            match n.fd.read_events() {
+                Ok(events) => relevant |= self.absorb(events),
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => break,
+                Err(e) => {
+                    tracing::warn!("cannot read inotify events: {e}");
+                    break;
+                }
+            }
+        }
+        if relevant {
+            self.shared.bump();
+        }
+    }
+
+    /// Books `events`; whether any can change a wait.
+    fn absorb(&self, events: Vec<InotifyEvent>) -> bool {
+        let mut book = self.book();
+        let mut relevant = false;
+        for ev in events {
+            if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                relevant = true;
+                if let Some(j) = book.journal.as_mut() {
+                    j.rescan = true;
+                }
+                continue;
+            }
+            let dir = if ev.mask.contains(AddWatchFlags::IN_IGNORED) {
+                // The directory is gone, or no longer watched.
+                let dir = book.dirs.remove(&ev.wd);
+                if let Some(d) = &dir {
+                    if book.wds.get(d) == Some(&ev.wd) {
+                        book.wds.remove(d);
+                    }
+                }
+                dir
+            } else {
+                book.dirs.get(&ev.wd).cloned()
+            };
+            let name = ev.name.unwrap_or_default();
+            if hidden_only(&name) {
+                continue;
+            }
+            relevant = true;
+            if let (Some(j), Some(dir)) = (book.journal.as_mut(), dir) {
+                if j.entries.len() >= JOURNAL_MAX {
+                    j.entries.clear();
+                    j.rescan = true;
+                } else if !j.rescan {
+                    j.entries.push((dir, name));
+                }
+            }
+        }
+        relevant
+    }
+}
+
+/// Events about a dot-file only: the temporaries of atomic writes, which
+/// readers ignore by design (their rename into place names the new path,
+/// which counts). [`probe_events`]'s file counts.
+fn hidden_only(name: &std::ffi::OsStr) -> bool {
+    !name.is_empty()
+        && crate::layout::is_hidden(name)
+        && !name.as_encoded_bytes().starts_with(PROBE_PREFIX.as_bytes())
+}
+
+impl Watch {
+    /// Blocks until the generation differs from `seen` or `timeout` passes.
+    ///
+    /// One blocking waiter at a time reads the inotify descriptor (it
+    /// sleeps in `poll(2)`); the others sleep until the generation changes
+    /// or the reader hands over.
+    pub fn wait_changed(&self, seen: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.drain();
+            let handovers = {
+                let c = self.shared.clock();
+                if c.generation != seen {
+                    return;
+                }
+                c.handovers
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            let left = deadline - now;
+            match self.native() {
+                Some(n) if !n.reading.swap(true, Ordering::SeqCst) => {
+                    poll_readable(&n.fd, left);
+                    n.reading.store(false, Ordering::SeqCst);
+                    self.drain();
+                    self.shared.handover();
+                }
+                _ => {
+                    let c = self.shared.clock();
+                    let _ = self.shared.cond.wait_timeout_while(c, left, |c| {
+                        c.generation == seen && c.handovers == handovers
+                    });
+                }
+            }
+        }
     }
 
     /// Blocks until `check` returns `Some`, an error, or `deadline` passes.
@@ -324,6 +480,7 @@ impl Watch {
             let notified = self.shared.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            self.drain();
             if let Some(v) = check()? {
                 return Ok(v);
             }
@@ -341,19 +498,73 @@ impl Watch {
             }
             tokio::select! {
                 _ = &mut notified => {}
+                () = self.readable() => {}
                 _ = tokio::time::sleep_until(until) => {}
             }
         }
     }
 
-    /// Resolves at the next event or after `timeout`, whichever comes first.
-    pub async fn changed(&self, timeout: Duration) {
-        let notified = self.shared.notify.notified();
-        tokio::select! {
-            _ = notified => {}
-            _ = tokio::time::sleep(timeout) => {}
+    /// Resolves when the generation differs from `seen` (an event since it
+    /// was read), or after `timeout`.
+    pub async fn wait_changed_async(&self, seen: u64, timeout: Duration) {
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.generation() != seen {
+                return;
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                () = self.readable() => {}
+                _ = tokio::time::sleep_until(until) => return,
+            }
         }
     }
+
+    /// Resolves once the inotify descriptor had something to read (which
+    /// is then read); never when the watch polls or runs outside tokio.
+    async fn readable(&self) {
+        let Some(n) = self.native() else {
+            return std::future::pending().await;
+        };
+        let reactor = n.reactor.get_or_init(|| register(&n.fd));
+        let Some(reactor) = reactor else {
+            return std::future::pending().await;
+        };
+        match reactor.readable().await {
+            Ok(mut guard) => {
+                self.drain();
+                // Everything pending was read: wait for the next edge.
+                guard.clear_ready();
+            }
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+/// A duplicate of `fd` registered with the current tokio runtime's reactor,
+/// if there is one with its IO driver (a runtime without it panics in
+/// `register`: then the waits tick instead).
+fn register(fd: &Inotify) -> Option<AsyncFd<OwnedFd>> {
+    tokio::runtime::Handle::try_current().ok()?;
+    let owned = fd.as_fd().try_clone_to_owned().ok()?;
+    std::panic::catch_unwind(move || {
+        // SAFETY: the AsyncFd owns `owned`, a descriptor of its own: it
+        // stays open, and the same, for the AsyncFd's whole life.
+        unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }.ok()
+    })
+    .ok()
+    .flatten()
+}
+
+/// Sleeps until `fd` is readable or `timeout` passes.
+fn poll_readable(fd: &Inotify, timeout: Duration) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let ms = u16::try_from(timeout.as_millis().max(1)).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    let _ = poll(&mut fds, PollTimeout::from(ms));
 }
 
 /// Waits until `path` exists (blocking).
@@ -375,7 +586,7 @@ pub fn probe_events(dir: &Path, timeout: Duration) -> Result<bool, WaitError> {
         mode: WatchMode::Native,
         poll: DEFAULT_POLL,
     })?;
-    watch.add(dir, false)?;
+    watch.add(dir)?;
     let seen = watch.generation();
     let probe = dir.join(format!("{PROBE_PREFIX}{}", std::process::id()));
     if std::fs::write(&probe, b"").is_err() {
@@ -392,6 +603,7 @@ pub fn probe_events(dir: &Path, timeout: Duration) -> Result<bool, WaitError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn modes() -> [WatchConfig; 2] {
         [
@@ -411,7 +623,7 @@ mod tests {
         for cfg in modes() {
             let dir = tempfile::tempdir().unwrap();
             let w = Watch::new(cfg).unwrap();
-            w.add(dir.path(), false).unwrap();
+            w.add(dir.path()).unwrap();
             let flag = dir.path().join("start_flag");
             let f2 = flag.clone();
             let t = std::thread::spawn(move || {
@@ -427,7 +639,7 @@ mod tests {
     fn deadline_is_an_error_naming_the_wait() {
         let dir = tempfile::tempdir().unwrap();
         let w = Watch::new(WatchConfig::default()).unwrap();
-        w.add(dir.path(), false).unwrap();
+        w.add(dir.path()).unwrap();
         let flag = dir.path().join("done_flag");
         let err = wait_for_file(&w, &flag, Some(Instant::now() + Duration::from_millis(50)))
             .unwrap_err()
@@ -451,7 +663,7 @@ mod tests {
                 poll: Duration::from_secs(30),
             })
             .unwrap();
-            w.add(dir.path(), false).unwrap();
+            w.add(dir.path()).unwrap();
             let flag = dir.path().join("start_flag");
             let mut first = true;
             let start = Instant::now();
@@ -484,7 +696,7 @@ mod tests {
             })
             .unwrap(),
         );
-        w.add(dir.path(), false).unwrap();
+        w.add(dir.path()).unwrap();
         let flag = dir.path().join("x");
         let f2 = flag.clone();
         let h = tokio::spawn(async move {
@@ -511,7 +723,7 @@ mod tests {
             poll: Duration::from_secs(30),
         })
         .unwrap();
-        w.add(dir.path(), false).unwrap();
+        w.add(dir.path()).unwrap();
         let seen = w.generation();
         let tmp = dir.path().join(".done_flag.1.0.tmp");
         std::fs::write(&tmp, b"{}").unwrap();
@@ -556,5 +768,109 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(probe_events(dir.path(), Duration::from_secs(5)).unwrap());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// The journal says where events happened; an overflow or polling says
+    /// "everywhere".
+    #[test]
+    fn the_journal_names_the_directories_and_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("t1");
+        std::fs::create_dir(&sub).unwrap();
+        let w = Watch::new(WatchConfig {
+            mode: WatchMode::Native,
+            poll: Duration::from_secs(30),
+        })
+        .unwrap();
+        w.keep_journal();
+        w.add(dir.path()).unwrap();
+        w.add(&sub).unwrap();
+        std::fs::create_dir(dir.path().join("t2")).unwrap();
+        crate::atomic::touch_atomic(&sub.join("start_flag")).unwrap();
+        let want = vec![
+            (dir.path().to_owned(), OsString::from("t2")),
+            (sub.clone(), OsString::from("start_flag")),
+        ];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        while got.len() < want.len() && Instant::now() < deadline {
+            let seen = w.generation();
+            got.extend(w.take_changes().entries);
+            w.wait_changed(seen, Duration::from_millis(50));
+        }
+        assert_eq!(got, want, "the temporary of the atomic write is not in it");
+        let p = Watch::new(WatchConfig {
+            mode: WatchMode::Poll,
+            poll: Duration::from_millis(5),
+        })
+        .unwrap();
+        p.keep_journal();
+        assert!(p.take_changes().rescan);
+    }
+
+    /// Many blocking waiters on one watch, with deadlines shorter and
+    /// longer than each other's: the one reading the descriptor may leave,
+    /// and an event still wakes the others at once.
+    #[test]
+    fn blocking_waiters_hand_the_reading_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Arc::new(
+            Watch::new(WatchConfig {
+                mode: WatchMode::Native,
+                poll: Duration::from_secs(30),
+            })
+            .unwrap(),
+        );
+        w.add(dir.path()).unwrap();
+        let seen = w.generation();
+        let waiters: Vec<_> = (0..4)
+            .map(|i| {
+                let w = Arc::clone(&w);
+                std::thread::spawn(move || {
+                    // Waiter 0 leaves after 50 ms; the rest wait up to 20 s.
+                    let limit = if i == 0 { 50 } else { 20_000 };
+                    let t = Instant::now();
+                    w.wait_changed(seen, Duration::from_millis(limit));
+                    t.elapsed()
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::write(dir.path().join("flag"), b"").unwrap();
+        for (i, h) in waiters.into_iter().enumerate() {
+            let took = h.join().unwrap();
+            assert!(
+                took < Duration::from_secs(5),
+                "waiter {i} woke after {took:?}"
+            );
+        }
+    }
+
+    /// An async waiter is woken by the event itself, on the runtime's
+    /// reactor: no thread reads for it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn async_waiters_need_no_reader_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Watch::new(WatchConfig {
+            mode: WatchMode::Native,
+            poll: Duration::from_secs(30),
+        })
+        .unwrap();
+        w.add(dir.path()).unwrap();
+        let seen = w.generation();
+        let flag = dir.path().join("x");
+        let f2 = flag.clone();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            std::fs::write(f2, b"").unwrap();
+        });
+        let t = Instant::now();
+        w.wait_changed_async(seen, Duration::from_secs(20)).await;
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "woken by the tick, not the event"
+        );
+        assert!(flag.exists());
+        writer.join().unwrap();
     }
 }

@@ -23,7 +23,7 @@ fn one_task(volume: &Volume, watch: &Watch, id: &TaskId) -> Outcome {
     std::fs::create_dir(task.root()).unwrap();
     std::fs::create_dir(task.input()).unwrap();
     std::fs::create_dir(task.output()).unwrap();
-    watch.add(task.root(), false).unwrap();
+    watch.add(task.root()).unwrap();
     atomic::write_atomic(
         &task.input().join("part.csv"),
         b"id\n1\n",

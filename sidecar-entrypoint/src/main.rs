@@ -30,10 +30,10 @@
 //!   exists (a restarted sidecar) is never run again, only closed
 //!   ([`sidecar_core::protocol::resume_done`]).
 //!
-//! Discovery in serve mode is a recursive inotify watch on `tasks/` plus a
-//! rescan on every event and tick: a file created in a new directory before
-//! its watch is in place makes no event, so while some task directory has
-//! no start flag yet the loop looks again every `--poll`.
+//! Discovery in serve mode watches `tasks/` and each task directory from the
+//! moment it is first seen, before it is looked at, and looks only at the
+//! directories the watch's journal names: no timed recheck, and a cost per
+//! event that does not grow with the number of task directories.
 //!
 //! ## The user logic's contract (serve)
 //!
@@ -68,7 +68,8 @@
 //! | `main` | PID-1 duties in order (subreaper, logging, runtime, signals), the exit-code table ([`exit_code`]) |
 //! | `cli` | the command line, as plain data |
 //! | `oneshot` | the Foundry layout: [`sidecar_core::protocol::drive`] over the core's file-backed flags and a runner that stamps the output into `logfile` |
-//! | `serve` | discovery, slots, lease, drain; each task driven over the same flags and a runner per task |
+//! | `serve` | slots, lease, drain; each task driven over the same flags and a runner per task |
+//! | `discovery` | which task directories are ready, looking only where the watch's journal says events happened |
 //! | `supervisor` | every child process: spawn in its own group, the one reaper, TERM/grace/KILL, killing descendants |
 //! | `task_env` | what a serve task's logic is given: its environment, which staged file is its input |
 //! | `output` | timestamped log lines, stderr tails |
@@ -131,6 +132,7 @@
 
 mod check;
 mod cli;
+mod discovery;
 mod init;
 mod oneshot;
 mod output;

@@ -47,7 +47,7 @@ async fn run_inner(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> anyhow::Resul
     }
     let watch = Arc::new(Watch::new(args.watch_config()).context("cannot watch the volume")?);
     watch
-        .add(&root, false)
+        .add(&root)
         .with_context(|| format!("cannot watch {}", root.display()))?;
     let task = TaskId::new(ONESHOT_TASK_ID).context("task id")?;
     let flags = FileFlags::new(TaskFiles::oneshot(&volume), watch, ctx.stop());

@@ -22,16 +22,17 @@ use anyhow::Context as _;
 use sidecar_core::atomic::{write_atomic, Durability};
 use sidecar_core::files::{FileFlags, StopSender, TaskFiles};
 use sidecar_core::id::TaskId;
-use sidecar_core::layout::{is_hidden, TaskDir, Volume};
+use sidecar_core::layout::{TaskDir, Volume};
 use sidecar_core::liveness::{Beater, Liveness, Monitor};
 use sidecar_core::manifest::ManifestError;
-use sidecar_core::owner::{self, OwnerProbe};
+use sidecar_core::owner;
 use sidecar_core::protocol::{self, Event, Finish, FlagWriter, ProtocolError, Reject, Runner};
 use sidecar_core::record::{read_flag, Outcome, OutputFile, Ready, Status, TaskSpec, Timestamp};
 use sidecar_core::wait::{WaitError, Watch};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::cli::{RunArgs, UserCommand};
+use crate::discovery::Discovery;
 use crate::oneshot::exit_from;
 use crate::supervisor::{Cancel, Child, Spawn};
 use crate::{lock, Ctx, End};
@@ -112,12 +113,13 @@ async fn run_inner(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> anyhow::Resul
             .unwrap_or(1)
     });
     let watch = Arc::new(Watch::new(args.watch_config()).context("cannot watch the volume")?);
-    watch
-        .add(&root, false)
-        .with_context(|| format!("cannot watch {}", root.display()))?;
-    watch
-        .add(&volume.tasks_dir(), true)
-        .with_context(|| format!("cannot watch {}", volume.tasks_dir().display()))?;
+    // The journal first: discovery looks where events happened.
+    watch.keep_journal();
+    for dir in [&root, &volume.tasks_dir()] {
+        watch
+            .add(dir)
+            .with_context(|| format!("cannot watch {}", dir.display()))?;
+    }
     let beater =
         Beater::start(volume.heartbeat(), args.heartbeat).context("cannot start the heartbeat")?;
     let ready = Ready {
@@ -152,8 +154,10 @@ async fn serve_loop(server: &Arc<Server>, args: &RunArgs) -> End {
     let tick = MAX_TICK
         .min(args.lease_timeout / 4)
         .max(Duration::from_millis(10));
-    let mut warned: HashSet<OsString> = HashSet::new();
     let mut lease: Option<Monitor> = None;
+    let mut discovery = Discovery::default();
+    let mut start = |task: TaskDir| start_driver(server, task);
+    discovery.scan(&server.volume, &server.watch, &mut start);
     loop {
         if let Some(sig) = server.ctx.signalled() {
             server
@@ -183,14 +187,20 @@ async fn serve_loop(server: &Arc<Server>, args: &RunArgs) -> End {
                 return End::Success;
             }
         }
-        // A directory being staged may get its start flag before its
-        // watch is in place (no event): look again soon.
-        let staging = discover(server, &mut warned);
-        let wait = if staging { tick.min(args.poll) } else { tick };
+        let seen = server.watch.generation();
+        let changes = server.watch.take_changes();
+        discovery.update(&server.volume, &server.watch, changes, &mut start);
         tokio::select! {
-            () = server.watch.changed(wait) => {}
+            () = server.watch.wait_changed_async(seen, tick) => {}
             _ = server.ctx.shutdown_signal() => {}
         }
+    }
+}
+
+/// Starts the driver of a task discovery found ready, unless it has one.
+fn start_driver(server: &Arc<Server>, task: TaskDir) {
+    if lock(&server.active).insert(task.id().clone()) {
+        tokio::spawn(drive_task(Arc::clone(server), task));
     }
 }
 
@@ -240,64 +250,6 @@ async fn wait_pending(server: &Server, limit: Option<Duration>) {
             let _ = wait.await;
         }
     }
-}
-
-/// Starts a driver for every task directory with a start flag not yet seen.
-/// Returns whether some task directory has no start flag yet.
-fn discover(server: &Arc<Server>, warned: &mut HashSet<OsString>) -> bool {
-    let mut staging = false;
-    let dir = server.volume.tasks_dir();
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) => {
-            if warned.insert(OsString::from("/")) {
-                tracing::warn!("cannot read {}: {e}", dir.display());
-            }
-            return false;
-        }
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if is_hidden(&name) {
-            continue;
-        }
-        let Ok(ft) = entry.file_type() else { continue };
-        if !ft.is_dir() {
-            continue;
-        }
-        let id = match name.to_str().map(TaskId::new) {
-            Some(Ok(id)) => id,
-            Some(Err(e)) => {
-                if warned.insert(name.clone()) {
-                    tracing::warn!("skipping {}: {e}", entry.path().display());
-                }
-                continue;
-            }
-            None => {
-                if warned.insert(name.clone()) {
-                    tracing::warn!("skipping {}: not a UTF-8 task id", entry.path().display());
-                }
-                continue;
-            }
-        };
-        let task = server.volume.task(&id);
-        let abandoned = task.close_flag().exists();
-        if !task.start_flag().exists() && !abandoned {
-            if OwnerProbe::open(&task).is_some_and(|o| o.gone()) {
-                // Its owner died while staging: nobody will start it.
-                tracing::info!(task = %id, "the task's owner went away before it started; removing it");
-                let _ = std::fs::remove_dir_all(task.root());
-                continue;
-            }
-            staging = true;
-            continue;
-        }
-        if !lock(&server.active).insert(id.clone()) {
-            continue;
-        }
-        tokio::spawn(drive_task(Arc::clone(server), task));
-    }
-    staging
 }
 
 /// Drives one discovered task to its end. A task whose done flag exists

@@ -602,13 +602,13 @@ fn handshake(dir: &Path, log: &Path, n: usize, cfg: WatchConfig) -> anyhow::Resu
     peer.wait_ready(&dir.join(PEER_READY))?;
 
     let watch = Watch::new(cfg)?;
-    watch.add(&volume.tasks_dir(), false)?;
+    watch.add(&volume.tasks_dir())?;
     let spec = TaskSpec::default();
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
         let task = volume.task(&task_id(i)?);
         std::fs::create_dir(task.root())?;
-        watch.add(task.root(), false)?;
+        watch.add(task.root())?;
         let flags = ExecutorFlags::new(task.clone());
         let t0 = Instant::now();
         flags.start(&spec)?;
@@ -644,7 +644,7 @@ fn handshake(dir: &Path, log: &Path, n: usize, cfg: WatchConfig) -> anyhow::Resu
 fn peer_noop(dir: &Path, n: usize, cfg: WatchConfig) -> anyhow::Result<()> {
     let volume = Volume::new(dir);
     let watch = Arc::new(Watch::new(cfg)?);
-    watch.add(&volume.tasks_dir(), false)?;
+    watch.add(&volume.tasks_dir())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -661,7 +661,7 @@ fn peer_noop(dir: &Path, n: usize, cfg: WatchConfig) -> anyhow::Result<()> {
                 })
                 .await?;
             // Armed before the flags are looked at: nothing is missed.
-            watch.add(&root, false)?;
+            watch.add(&root)?;
             let flags = FileFlags::new(TaskFiles::serve(&task), Arc::clone(&watch), Stop::never());
             match protocol::drive(&id, &flags, &Noop, &flags).await? {
                 Finish::Done { outcome, .. } if outcome.succeeded() => {}

@@ -520,7 +520,7 @@ fn wait_ready(
     } else {
         vol.root().to_owned()
     };
-    watch.add(&watched, false)?;
+    watch.add(&watched)?;
     let path = vol.ready();
     let first = read_pulse(&vol.heartbeat());
     let not_ready = |detail: String| ShimError::NotReady {
@@ -557,7 +557,7 @@ fn wait_ready(
             }
             // The sidecar directory may have just appeared: watch it too.
             if sidecar_dir.is_dir() {
-                let _ = watch.add(&sidecar_dir, false);
+                let _ = watch.add(&sidecar_dir);
             }
             Ok::<_, ShimError>(None)
         },

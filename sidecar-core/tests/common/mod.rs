@@ -43,7 +43,7 @@ impl NoopSidecar {
         let volume = Volume::new(root);
         std::fs::create_dir_all(volume.tasks_dir()).unwrap();
         let watch = Arc::new(Watch::new(config).unwrap());
-        watch.add(&volume.tasks_dir(), true).unwrap();
+        watch.add(&volume.tasks_dir()).unwrap();
         let runner = Arc::new(CountingRunner::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (r, s) = (Arc::clone(&runner), Arc::clone(&stop));
@@ -55,13 +55,18 @@ impl NoopSidecar {
                 .unwrap();
             rt.block_on(async move {
                 let mut claimed: HashSet<TaskId> = HashSet::new();
+                let mut watched: HashSet<TaskId> = HashSet::new();
                 while !s.load(Ordering::SeqCst) {
-                    let changed = watch.changed(Duration::from_millis(50));
+                    let seen = watch.generation();
                     for entry in std::fs::read_dir(volume.tasks_dir()).unwrap().flatten() {
                         let Ok(id) = TaskId::new(entry.file_name().to_string_lossy()) else {
                             continue;
                         };
                         let task = volume.task(&id);
+                        // Watched before it is looked at: nothing lands unseen.
+                        if watched.insert(id.clone()) && watch.add(task.root()).is_err() {
+                            continue;
+                        }
                         if claimed.contains(&id) || !task.start_flag().exists() {
                             continue;
                         }
@@ -76,7 +81,9 @@ impl NoopSidecar {
                             drive(&id, &flags, &*r, &flags).await.unwrap();
                         });
                     }
-                    changed.await;
+                    watch
+                        .wait_changed_async(seen, Duration::from_millis(50))
+                        .await;
                 }
             });
         });

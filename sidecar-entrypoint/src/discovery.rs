@@ -1,0 +1,140 @@
+//! Finding the tasks to run: which task directories have a start flag (or
+//! a close flag: abandoned before they started).
+//!
+//! The watch keeps a journal of where events happened; discovery looks only
+//! at the task directories named in it, so an event costs the same with ten
+//! task directories present as with ten thousand. A directory is watched
+//! from the moment it is first seen, *before* it is looked at, so a start
+//! flag renamed into it afterwards is an event, and one renamed in before is
+//! found by the look: no timed recheck is needed. The whole of `tasks/` is
+//! looked at once at start, and again only when the journal says events
+//! were lost, or when the watch polls (network filesystems).
+//!
+//! A directory still being staged whose owner is gone (its executor-side
+//! process died: [`sidecar_core::owner`]) is removed: nobody will start it.
+
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
+use std::path::Path;
+
+use sidecar_core::layout::{is_hidden, TaskDir, Volume};
+use sidecar_core::owner::OwnerProbe;
+use sidecar_core::wait::{Changes, Watch};
+use sidecar_core::TaskId;
+
+/// What discovery knows of the task directories.
+#[derive(Debug, Default)]
+pub struct Discovery {
+    /// Task directories with a watch of their own.
+    watched: HashSet<TaskId>,
+    /// Names already warned about (invalid ids), so each is said once.
+    warned: HashSet<OsString>,
+}
+
+impl Discovery {
+    /// Looks at every task directory (at start, and when events were lost).
+    pub fn scan(&mut self, volume: &Volume, watch: &Watch, ready: &mut impl FnMut(TaskDir)) {
+        let dir = volume.tasks_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) => {
+                if self.warned.insert(OsString::from("/")) {
+                    tracing::warn!("cannot read {}: {e}", dir.display());
+                }
+                return;
+            }
+        };
+        for entry in entries.flatten() {
+            self.consider(volume, watch, &entry.file_name(), ready);
+        }
+    }
+
+    /// Looks at the task directories `changes` names.
+    pub fn update(
+        &mut self,
+        volume: &Volume,
+        watch: &Watch,
+        changes: Changes,
+        ready: &mut impl FnMut(TaskDir),
+    ) {
+        if changes.rescan {
+            return self.scan(volume, watch, ready);
+        }
+        let tasks = volume.tasks_dir();
+        let mut looked: HashSet<OsString> = HashSet::new();
+        for (dir, name) in changes.entries {
+            let task = if dir == tasks {
+                name
+            } else if dir.parent() == Some(tasks.as_path()) {
+                dir.file_name().map(OsStr::to_owned).unwrap_or_default()
+            } else {
+                continue;
+            };
+            if looked.insert(task.clone()) {
+                self.consider(volume, watch, &task, ready);
+            }
+        }
+    }
+
+    /// One look at `tasks/<name>`: watched from now on, handed to `ready`
+    /// once it has a start (or close) flag, removed if its owner died
+    /// while it was staged, forgotten once gone.
+    fn consider(
+        &mut self,
+        volume: &Volume,
+        watch: &Watch,
+        name: &OsStr,
+        ready: &mut impl FnMut(TaskDir),
+    ) {
+        let Some(id) = self.task_id(volume, name) else {
+            return;
+        };
+        let task = volume.task(&id);
+        if !is_real_dir(task.root()) {
+            self.watched.remove(&id);
+            return;
+        }
+        if !self.watched.contains(&id) {
+            // Armed before the look below: nothing lands unseen.
+            if let Err(e) = watch.add(task.root()) {
+                tracing::debug!("{e}");
+                return;
+            }
+            self.watched.insert(id.clone());
+        }
+        if exists(&task.start_flag()) || exists(&task.close_flag()) {
+            ready(task);
+        } else if OwnerProbe::open(&task).is_some_and(|o| o.gone()) {
+            tracing::info!(task = %id, "the task's owner went away before it started; removing it");
+            let _ = std::fs::remove_dir_all(task.root());
+            self.watched.remove(&id);
+        }
+    }
+
+    /// The task id `name` is, or `None` (a temporary, or not an id: warned
+    /// about once).
+    fn task_id(&mut self, volume: &Volume, name: &OsStr) -> Option<TaskId> {
+        if name.is_empty() || is_hidden(name) {
+            return None;
+        }
+        let why = match name.to_str().map(TaskId::new) {
+            Some(Ok(id)) => return Some(id),
+            Some(Err(e)) => e.to_string(),
+            None => "not a UTF-8 task id".to_owned(),
+        };
+        if self.warned.insert(name.to_owned()) && is_real_dir(&volume.tasks_dir().join(name)) {
+            // Debug-quoted: a name is the other side's to choose, newlines too.
+            tracing::warn!("skipping {:?}: {why}", volume.tasks_dir().join(name));
+        }
+        None
+    }
+}
+
+/// A directory, not a link to one.
+fn is_real_dir(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
+
+fn exists(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}
