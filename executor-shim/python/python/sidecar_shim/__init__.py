@@ -61,6 +61,7 @@ import re
 import secrets
 import shutil
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
@@ -69,7 +70,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 import pyarrow as pa
 
-from ._native import Sidecar, SidecarError, TaskRun, task_id
+from ._native import Sidecar, SidecarError, TaskRun, reclaim_volume, task_id
 from ._native import __version__ as _native_version
 
 __all__ = [
@@ -195,9 +196,10 @@ def _pid_is(pid: int, start: int) -> bool:
     return st is not None and st[2] == start
 
 
-# A dead executor's volume is removed once its heartbeat has been still this long.
-_GC_QUIET_S = 60.0
 _VOLUME_NAME = re.compile(r"^(?:jvm|py)(\d+)-(\d+)-[0-9a-f]{12}$")
+# How often one process looks for dead executors' volumes, at most.
+_GC_EVERY_S = 2.0
+_GC_LAST: Dict[str, float] = {}
 
 
 def _collect_garbage(root: str, keep: str) -> None:
@@ -205,10 +207,15 @@ def _collect_garbage(root: str, keep: str) -> None:
 
     A volume is named after its executor's process (``jvm<pid>-<start>-`` or
     ``py<pid>-<start>-``); once that process is gone no task can use it, and
-    its sidecar has exited on the stale lease (its heartbeat is old). Best
-    effort: a volume that cannot be removed (files of a container user) is
-    left for the next attempt.
+    its sidecar exits as soon as its last user is gone. The volume is
+    removed once nobody holds its sidecar and the sidecar no longer runs
+    (``reclaim_volume``). Best effort, at most every ``_GC_EVERY_S`` per
+    process: a volume that cannot be removed yet is looked at again later.
     """
+    now = time.monotonic()
+    if now - _GC_LAST.get(root, -_GC_EVERY_S) < _GC_EVERY_S:
+        return
+    _GC_LAST[root] = now
     try:
         names = os.listdir(root)
     except OSError:
@@ -217,14 +224,10 @@ def _collect_garbage(root: str, keep: str) -> None:
         m = _VOLUME_NAME.match(name)
         if not m or name == keep or _pid_is(int(m.group(1)), int(m.group(2))):
             continue
-        path = os.path.join(root, name)
         try:
-            hb = os.stat(os.path.join(path, "sidecar", "heartbeat")).st_mtime
-        except OSError:
-            hb = 0.0
-        if time.time() - hb < _GC_QUIET_S:
-            continue  # its sidecar still beats: let the lease end it first
-        shutil.rmtree(path, ignore_errors=True)
+            reclaim_volume(os.path.join(root, name))
+        except SidecarError:
+            pass  # files of a container user, say: left for a later look
 
 
 def _default_root() -> str:
@@ -257,7 +260,6 @@ def _ensure_private_dir(path: str) -> None:
 
 _LOCK = threading.Lock()
 _SIDECARS: Dict[str, Sidecar] = {}
-_ROOTS_CLEANED: set = set()
 # Handles inherited through fork(): never used and never dropped in the
 # child (dropping one could stop the parent's sidecar).
 _INHERITED: List[Sidecar] = []
@@ -268,7 +270,7 @@ def _forget_after_fork() -> None:
     _LOCK = threading.Lock()
     _INHERITED.extend(_SIDECARS.values())
     _SIDECARS.clear()
-    _ROOTS_CLEANED.clear()
+    _GC_LAST.clear()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
@@ -284,9 +286,7 @@ def _sidecar_for(cfg: Dict[str, Any]) -> Sidecar:
         _ensure_private_dir(root)
         name = f"{executor_key()}-{cfg['hash']}"
         volume = os.path.join(root, name)
-        if root not in _ROOTS_CLEANED:
-            _ROOTS_CLEANED.add(root)
-            _collect_garbage(root, keep=name)
+        _collect_garbage(root, keep=name)
     with _LOCK:
         handle = _SIDECARS.get(volume)
         if handle is not None:
@@ -312,8 +312,45 @@ def _sidecar_for(cfg: Dict[str, Any]) -> Sidecar:
             docker=cfg["docker"],
             user=cfg["user"],
         )
+        if provider != "attach":
+            _anchor(volume)
         _SIDECARS[volume] = handle
         return handle
+
+
+_ANCHOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_anchor.py")
+
+
+def _anchor(volume: str) -> None:
+    """Ties the sidecar of ``volume`` to this worker's executor (see
+    ``_anchor.py``): it then outlives the workers Spark kills to stop tasks,
+    and goes the moment the executor's Python side does. The process
+    watched is the worker's parent: the PySpark daemon, which lives as long
+    as the executor's Python workers do and is stopped by ``spark.stop()``
+    even in local mode, where the JVM lives on (or the JVM itself, without
+    a daemon). Outside Spark the handles alone hold the sidecar."""
+    if not executor_key().startswith("jvm"):
+        return
+    parent = os.getppid()
+    st = _proc_stat(parent)
+    if parent <= 1 or st is None:
+        return
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", _ANCHOR, volume, str(parent), str(st[2])],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as e:
+        raise SidecarError(f"cannot start the executor anchor of {volume!r}: {e}") from e
+    with proc.stdout:
+        ready = proc.stdout.readline()
+    proc.wait()
+    if not ready.startswith(b"ready"):
+        raise SidecarError(f"the executor anchor of {volume!r} failed (exit status {proc.returncode})")
 
 
 def shutdown_all() -> None:
