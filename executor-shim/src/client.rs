@@ -775,6 +775,8 @@ impl<'c> Run<'c> {
             .task
             .output()
             .join(part_name(self.request.output_format()));
+        // A column the format cannot carry is refused before the logic starts.
+        format::check_writable(self.request.input_format, &schema, &self.label(&in_path))?;
         stream::make_fifo(&in_path, 0o666)?;
         stream::make_fifo(&out_path, 0o666)?;
         let signals = Signals::new();

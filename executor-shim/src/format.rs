@@ -13,6 +13,31 @@
 //! | `jsonl`   | one object a line, nulls     | incremental, bounded memory           |
 //! |           | written explicitly           |                                       |
 //!
+//! # Fidelity
+//!
+//! Written and read back with the schema it was written with, a batch comes
+//! back equal (values, nulls, NaN, empty strings, time zones, decimal
+//! precision, nesting, column names), or [`BatchWriter`] refuses it before
+//! anything is written ([`FormatError::Unsupported`], naming the column and
+//! what the format cannot carry). `arrow`, `arrows` and `parquet` carry
+//! everything; the text formats carry what tests/fidelity.rs shows, as:
+//!
+//! * **CSV**: a null is an empty unquoted field and an empty string is `""`
+//!   (PostgreSQL's and Spark's convention; in a one-column file a null row
+//!   is an empty line). Column names are quoted like values, so any name
+//!   round-trips, and duplicate names are matched by position. Binary,
+//!   durations, intervals and nested types are refused, and so is a string
+//!   that is exactly U+FDD0, which the reader uses internally to mark nulls
+//!   (see `format/csv.rs`).
+//! * **JSON Lines**: NaN and ±infinity are the strings `"NaN"`,
+//!   `"Infinity"`, `"-Infinity"`; decimals are exact numbers; binary is hex;
+//!   durations are integers in their unit; maps are objects. Refused: two
+//!   columns (or struct fields) of one name, maps whose keys are not
+//!   strings, dictionaries, intervals.
+//! * **Both**: time-zoned timestamps are written as UTC instants (`...Z`)
+//!   and get their zone back from the schema; dates and timestamps outside
+//!   the years 1 to 9999 are refused (see `format/text.rs`).
+//!
 //! # Theory of operation
 //!
 //! * **Throughput.** Writers sit on a 1 MiB [`BufWriter`] and readers on a
@@ -30,8 +55,9 @@
 //!   with it directly (names and types), so a value that does not parse is an
 //!   error naming the file, the column and, for CSV, the line. Self-describing
 //!   formats are decoded as written and then [`conform`]ed: columns are
-//!   selected and reordered by name, extra columns are dropped, and a type is
-//!   cast only when the cast cannot silently lose data.
+//!   selected and reordered by name (by position when the file has the
+//!   expected names in order, so duplicate names survive), extra columns are
+//!   dropped, and a type is cast only when the cast cannot silently lose data.
 //!   Without `expected`, CSV and JSON Lines schemas are inferred from a
 //!   bounded prefix (the first [`INFER_MAX_RECORDS`] records or
 //!   [`INFER_MAX_BYTES`] bytes), which is then chained back in front of the
@@ -46,10 +72,9 @@
 //!
 //! # Known limits
 //!
-//! * CSV cannot hold nested types (lists, structs, maps, unions): writing
-//!   them is refused with [`FormatError::Unsupported`]. CSV cannot tell an
-//!   empty string from a null: both are written as an empty field and read
-//!   back as null.
+//! * The fidelity above holds with an expected schema. Without one, types
+//!   are inferred (next item): a JSON decimal becomes a float, binary hex a
+//!   string, a map a struct, NaN a string.
 //! * JSON Lines has no header: a column is reported missing when none of the
 //!   records in the inference prefix has the key. Our writer always writes
 //!   every key (nulls explicitly), so its own files are never misjudged.
@@ -60,7 +85,6 @@
 //! * A 0-byte CSV or JSON Lines input is read as zero rows.
 //! * JSON numbers are parsed by arrow-json, which truncates a fraction read
 //!   into an integer column (`1.5` becomes `1`); CSV refuses it.
-//! * CSV header names may not contain line breaks.
 //!
 //! # Example
 //!
@@ -106,6 +130,10 @@ use parquet::file::properties::WriterProperties;
 use parquet::file::reader::ChunkReader;
 
 pub use sidecar_core::Format;
+
+mod csv;
+mod jsonl;
+mod text;
 
 /// Buffer size of every writer and stream reader.
 pub const IO_BUFFER_BYTES: usize = 1 << 20;
@@ -183,13 +211,23 @@ pub enum FormatError {
     },
     #[error("file {file}: truncated: {detail}")]
     Truncated { file: String, detail: &'static str },
-    #[error("file {file}: column \"{column}\" is {data_type}, which {format} cannot hold")]
+    #[error(
+        "file {file}: column \"{column}\" ({data_type}): {format} cannot carry {what}; \
+         use arrows or parquet, which carry every type"
+    )]
     Unsupported {
         file: String,
         format: Format,
         column: String,
         data_type: DataType,
+        /// What of the column the format cannot carry.
+        what: &'static str,
     },
+    #[error(
+        "file {file}: column \"{column}\" appears more than once, so it cannot be matched by name \
+         (list the file's columns in their order to read them all)"
+    )]
+    AmbiguousColumn { file: String, column: String },
     #[error(
         "{format} cannot be streamed through a FIFO (it needs random access to its footer); use arrows, csv or jsonl"
     )]
@@ -254,6 +292,55 @@ pub fn format_from_path(path: &Path) -> Option<Format> {
 // Writing
 // ---------------------------------------------------------------------------
 
+/// Refuses a schema with a column `format` cannot carry through a round
+/// trip (written, then read back with this schema), naming the column and
+/// what the format lacks. [`BatchWriter::new`] calls it; call it yourself
+/// to refuse before anything else happens (before a streamed task starts).
+pub fn check_writable(format: Format, schema: &Schema, file: &str) -> Result<(), FormatError> {
+    let refuse = |field: &Field, what| FormatError::Unsupported {
+        file: file.to_owned(),
+        format,
+        column: field.name().clone(),
+        data_type: field.data_type().clone(),
+        what,
+    };
+    if format == Format::Jsonl {
+        if let Some(field) = text::first_duplicate(schema.fields()) {
+            return Err(refuse(
+                field,
+                "two columns of one name (a JSON object holds one value per key)",
+            ));
+        }
+    }
+    for field in schema.fields() {
+        if let Some(what) = text::cannot_carry(format, field.data_type()) {
+            return Err(refuse(field, what));
+        }
+    }
+    Ok(())
+}
+
+fn csv_write_error(file: &str, schema: &Schema, err: csv::RowError) -> FormatError {
+    // Columns are counted in the writer's schema: every batch is conformed to it.
+    let field = |column: usize| schema.field(column);
+    match err {
+        csv::RowError::Io(source) => io_err(file)(source),
+        csv::RowError::Marker { column } => FormatError::Unsupported {
+            file: file.to_owned(),
+            format: Format::Csv,
+            column: field(column).name().clone(),
+            data_type: field(column).data_type().clone(),
+            what: "the value U+FDD0 (CSV reading reserves it to mark nulls)",
+        },
+        csv::RowError::Format { column, source } => FormatError::Parse {
+            file: file.to_owned(),
+            column: Some(field(column).name().clone()),
+            line: None,
+            message: source.to_string(),
+        },
+    }
+}
+
 /// What a [`BatchWriter`] wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriteStats {
@@ -287,7 +374,7 @@ enum Encoder<W: Write + Send> {
     Arrow(FileWriter<Sink<W>>),
     Arrows(StreamWriter<Sink<W>>),
     Parquet(Box<ArrowWriter<Sink<W>>>),
-    Csv(arrow::csv::Writer<Sink<W>>),
+    Csv(csv::CsvRows<Sink<W>>),
     Jsonl(arrow::json::LineDelimitedWriter<Sink<W>>),
 }
 
@@ -299,6 +386,8 @@ enum Encoder<W: Write + Send> {
 pub struct BatchWriter<W: Write + Send> {
     format: Format,
     schema: SchemaRef,
+    /// CSV and JSON Lines: the schema written, if it differs ([`text`]).
+    text: Option<SchemaRef>,
     file: String,
     encoder: Encoder<W>,
     rows: u64,
@@ -318,7 +407,10 @@ impl<W: Write + Send> fmt::Debug for BatchWriter<W> {
 
 impl<W: Write + Send> BatchWriter<W> {
     /// Starts writing `format` to `out`. `file` labels errors.
+    /// Refuses a column `format` cannot carry ([`check_writable`]) before
+    /// writing anything.
     pub fn new(format: Format, schema: SchemaRef, out: W, file: &str) -> Result<Self, FormatError> {
+        check_writable(format, &schema, file)?;
         let sink = BufWriter::with_capacity(
             IO_BUFFER_BYTES,
             Counting {
@@ -343,29 +435,24 @@ impl<W: Write + Send> BatchWriter<W> {
                 ))
             }
             Format::Csv => {
-                if let Some(field) = schema.fields().iter().find(|f| f.data_type().is_nested()) {
-                    return Err(FormatError::Unsupported {
-                        file: file.to_owned(),
-                        format,
-                        column: field.name().clone(),
-                        data_type: field.data_type().clone(),
-                    });
-                }
-                Encoder::Csv(
-                    arrow::csv::WriterBuilder::new()
-                        .with_header(true)
-                        .build(sink),
-                )
+                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                Encoder::Csv(csv::CsvRows::new(sink, &names).map_err(io_err(file))?)
             }
             Format::Jsonl => Encoder::Jsonl(
                 arrow::json::WriterBuilder::new()
                     .with_explicit_nulls(true)
+                    .with_encoder_factory(Arc::new(jsonl::Faithful))
                     .build::<_, arrow::json::writer::LineDelimited>(sink),
             ),
+        };
+        let text = match format {
+            Format::Csv | Format::Jsonl => text::text_schema(&schema),
+            _ => None,
         };
         Ok(Self {
             format,
             schema,
+            text,
             file: file.to_owned(),
             encoder,
             rows: 0,
@@ -388,16 +475,47 @@ impl<W: Write + Send> BatchWriter<W> {
             &conformed
         };
         let file = self.file.as_str();
+        let text;
+        let batch = match self.format {
+            Format::Csv | Format::Jsonl => {
+                text = self.to_text(batch)?;
+                text.as_ref().unwrap_or(batch)
+            }
+            _ => batch,
+        };
         match &mut self.encoder {
             Encoder::Arrow(w) => w.write(batch).map_err(arrow_err(file))?,
             Encoder::Arrows(w) => w.write(batch).map_err(arrow_err(file))?,
             Encoder::Parquet(w) => w.write(batch).map_err(parquet_err(file))?,
-            Encoder::Csv(w) => w.write(batch).map_err(arrow_err(file))?,
+            Encoder::Csv(w) => w
+                .write(batch)
+                .map_err(|e| csv_write_error(file, &self.schema, e))?,
             Encoder::Jsonl(w) => w.write(batch).map_err(arrow_err(file))?,
         }
         self.rows += batch.num_rows() as u64;
         self.batches += 1;
         Ok(())
+    }
+
+    /// Refuses dates text cannot hold; returns the batch with time zones
+    /// in UTC, if it has any ([`text`]).
+    fn to_text(&self, batch: &RecordBatch) -> Result<Option<RecordBatch>, FormatError> {
+        if let Some(i) = text::out_of_years(batch) {
+            let field = self.schema.field(i);
+            return Err(FormatError::Unsupported {
+                file: self.file.clone(),
+                format: self.format,
+                column: field.name().clone(),
+                data_type: field.data_type().clone(),
+                what: "dates or timestamps outside the years 1 to 9999 \
+                       (ISO 8601 text has four-digit years)",
+            });
+        }
+        self.text
+            .as_ref()
+            .map(|text| text::to_text(batch, text))
+            .transpose()
+            .map_err(arrow_err(&self.file))
     }
 
     /// Writes the footer / end-of-stream marker and flushes.
@@ -414,15 +532,8 @@ impl<W: Write + Send> BatchWriter<W> {
             Encoder::Arrows(w) => w.into_inner().map_err(arrow_err(file))?,
             // Writes the footer.
             Encoder::Parquet(w) => w.into_inner().map_err(parquet_err(file))?,
-            Encoder::Csv(mut w) => {
-                if self.batches == 0 {
-                    // The header is written with the first batch; an empty
-                    // output still gets one, so a reader sees the columns.
-                    w.write(&RecordBatch::new_empty(self.schema.clone()))
-                        .map_err(arrow_err(file))?;
-                }
-                w.into_inner()
-            }
+            // The header was written first, so an empty output has one too.
+            Encoder::Csv(w) => w.out,
             Encoder::Jsonl(mut w) => {
                 w.finish().map_err(arrow_err(file))?;
                 w.into_inner()
@@ -550,11 +661,10 @@ pub fn conform(
         safe: false,
         ..Default::default()
     };
+    let indices = match_columns(file, &schema, expected)?;
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(expected.fields().len());
-    for field in expected.fields() {
-        let Some((index, found)) = schema.column_with_name(field.name()) else {
-            return Err(missing(file, field.name(), &schema));
-        };
+    for (field, index) in expected.fields().iter().zip(indices) {
+        let found = schema.field(index);
         let column = batch.column(index);
         let column = if found.data_type() == field.data_type() {
             column.clone()
@@ -606,13 +716,41 @@ fn missing(file: &str, column: &str, has: &Schema) -> FormatError {
     }
 }
 
+/// For each expected column, its index in `found`: by position when both
+/// list the same names in the same order (so duplicate names round-trip),
+/// else by name, where a name that appears twice is ambiguous.
+fn match_columns(file: &str, found: &Schema, expected: &Schema) -> Result<Vec<usize>, FormatError> {
+    let same_names = found
+        .fields()
+        .iter()
+        .map(|f| f.name())
+        .eq(expected.fields().iter().map(|f| f.name()));
+    if same_names {
+        return Ok((0..found.fields().len()).collect());
+    }
+    let count = |s: &Schema, name: &str| s.fields().iter().filter(|f| f.name() == name).count();
+    expected
+        .fields()
+        .iter()
+        .map(|field| match found.index_of(field.name()) {
+            Err(_) => Err(missing(file, field.name(), found)),
+            Ok(_) if count(found, field.name()) > 1 || count(expected, field.name()) > 1 => {
+                Err(FormatError::AmbiguousColumn {
+                    file: file.to_owned(),
+                    column: field.name().clone(),
+                })
+            }
+            Ok(index) => Ok(index),
+        })
+        .collect()
+}
+
 /// Checks before decoding that every expected column is present and has a
 /// type that can be conformed, so the error comes before any row is read.
 fn check_columns(file: &str, found: &Schema, expected: &Schema) -> Result<(), FormatError> {
-    for field in expected.fields() {
-        let Some((_, have)) = found.column_with_name(field.name()) else {
-            return Err(missing(file, field.name(), found));
-        };
+    let indices = match_columns(file, found, expected)?;
+    for (field, index) in expected.fields().iter().zip(indices) {
+        let have = found.field(index);
         if !cast_allowed(have.data_type(), field.data_type()) {
             return Err(FormatError::ColumnType {
                 file: file.to_owned(),
@@ -672,7 +810,7 @@ enum Source<R> {
         input: R,
     },
     Csv {
-        input: Chained<R>,
+        input: csv::NullMarking<Chained<R>>,
         decoder: Box<arrow::csv::reader::Decoder>,
         /// Column names in file order, to name a column from its index.
         names: Vec<String>,
@@ -850,10 +988,7 @@ fn parquet_reader<C: ChunkReader + 'static>(
         // Decode only the expected columns.
         let found = builder.schema().clone();
         check_columns(file, &found, expected)?;
-        let roots = expected
-            .fields()
-            .iter()
-            .filter_map(|f| found.index_of(f.name()).ok());
+        let roots = match_columns(file, &found, expected)?;
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
         builder = builder.with_projection(mask);
     }
@@ -922,21 +1057,16 @@ fn csv_source<R: Read + Send + 'static>(
     batch_size: usize,
 ) -> Result<BatchIter<R>, FormatError> {
     let mut input = BufReader::with_capacity(IO_BUFFER_BYTES, input);
-    let mut header = Vec::new();
-    let n = (&mut input)
-        .take(MAX_HEADER_BYTES as u64)
-        .read_until(b'\n', &mut header)
-        .map_err(io_err(file))?;
-    if n == 0 {
-        return empty_source(Format::Csv, file, expected, input);
-    }
-    if header.last() != Some(&b'\n') && header.len() >= MAX_HEADER_BYTES {
+    let Some(header) = csv::read_header(&mut input, MAX_HEADER_BYTES).map_err(io_err(file))? else {
         return Err(FormatError::Parse {
             file: file.to_owned(),
             column: None,
             line: Some(1),
             message: format!("the header line is longer than {MAX_HEADER_BYTES} bytes"),
         });
+    };
+    if header.is_empty() {
+        return empty_source(Format::Csv, file, expected, input);
     }
     let csv_format = arrow::csv::reader::Format::default().with_header(true);
     let (header_schema, _) = csv_format
@@ -947,87 +1077,121 @@ fn csv_source<R: Read + Send + 'static>(
         .iter()
         .map(|f| f.name().clone())
         .collect();
+    let null_regex =
+        csv::null_regex().map_err(|e| arrow_err(file)(ArrowError::ParseError(e.to_string())))?;
 
-    let (file_schema, prefix, projection, out_schema, conform_to) = match expected {
-        Some(expected) => {
-            for field in expected.fields() {
-                if !names.contains(field.name()) {
-                    return Err(missing(file, field.name(), &header_schema));
-                }
-            }
-            // Parse expected columns with their expected type; others are
-            // skipped (projected away).
-            // Nullable while parsing: a null where `expected` forbids one
-            // is then reported by `conform`, naming the column.
-            let fields: Vec<Field> = names
-                .iter()
-                .map(|name| match expected.field_with_name(name) {
-                    Ok(f) => f.clone().with_nullable(true),
-                    Err(_) => Field::new(name, DataType::Utf8, true),
-                })
-                .collect();
-            let projection: Vec<usize> = names
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| expected.field_with_name(n).is_ok())
-                .map(|(i, _)| i)
-                .collect();
-            let in_order = projection.len() == expected.fields().len()
-                && projection
-                    .iter()
-                    .zip(expected.fields())
-                    .all(|(&i, f)| &names[i] == f.name());
-            let all_nullable = expected.fields().iter().all(|f| f.is_nullable());
-            let conform_to = (!in_order || !all_nullable).then(|| expected.clone());
-            (
-                Arc::new(Schema::new(fields)),
-                Vec::new(),
-                Some(projection),
-                expected,
-                conform_to,
-            )
-        }
+    let (plan, prefix) = match expected {
+        Some(expected) => (csv_plan(file, &header_schema, expected)?, Vec::new()),
         None => {
             let (prefix, complete) = read_prefix(&mut input, file)?;
+            let nulls_only = vec![false; names.len()];
+            let marked = csv::mark_all(&prefix[..complete], nulls_only, names.clone())
+                .map_err(io_err(file))?;
             let (inferred, _) = arrow::csv::reader::Format::default()
                 .with_header(false)
-                .infer_schema(Cursor::new(&prefix[..complete]), None)
+                .with_null_regex(null_regex.clone())
+                .infer_schema(Cursor::new(marked), None)
                 .map_err(|e| csv_error(file, &names, e))?;
-            let fields: Vec<Field> = names
-                .iter()
-                .enumerate()
-                .map(|(i, name)| {
-                    let data_type = inferred
-                        .fields()
-                        .get(i)
-                        .map(|f| f.data_type().clone())
-                        .filter(|t| t != &DataType::Null)
-                        .unwrap_or(DataType::Utf8);
-                    Field::new(name, data_type, true)
-                })
-                .collect();
-            let schema = Arc::new(Schema::new(fields));
-            (schema.clone(), prefix, None, schema, None)
+            (csv_inferred_plan(&names, &inferred), prefix)
         }
     };
-    let mut builder = arrow::csv::ReaderBuilder::new(file_schema)
+    let holds_empty = plan
+        .file_schema
+        .fields()
+        .iter()
+        .map(|f| csv::holds_empty(f.data_type()))
+        .collect();
+    let mut builder = arrow::csv::ReaderBuilder::new(plan.file_schema)
         .with_header(false)
+        .with_null_regex(null_regex)
         .with_batch_size(batch_size);
-    if let Some(projection) = projection {
+    if let Some(projection) = plan.projection {
         builder = builder.with_projection(projection);
     }
+    let input = Cursor::new(prefix).chain(input);
     Ok(BatchIter {
         format: Format::Csv,
         file: file.to_owned(),
-        schema: out_schema,
-        conform_to,
+        schema: plan.out_schema,
+        conform_to: plan.conform_to,
         source: Source::Csv {
-            input: Cursor::new(prefix).chain(input),
+            input: csv::NullMarking::new(input, holds_empty, names.clone()),
             decoder: Box::new(builder.build_decoder()),
             names,
         },
         done: false,
     })
+}
+
+/// How a CSV file is decoded: arrow's schema for every column of the file,
+/// which of them to keep, the schema yielded, and what to conform to.
+struct CsvPlan {
+    file_schema: SchemaRef,
+    projection: Option<Vec<usize>>,
+    out_schema: SchemaRef,
+    conform_to: Option<SchemaRef>,
+}
+
+/// Expected columns are parsed with their expected type (or one arrow's CSV
+/// decoder has, then cast); the others are skipped (projected away).
+fn csv_plan(file: &str, header: &Schema, expected: SchemaRef) -> Result<CsvPlan, FormatError> {
+    let indices = match_columns(file, header, &expected)?;
+    // Nullable while parsing: a null where `expected` forbids one is then
+    // reported by `conform`, naming the column.
+    let mut fields: Vec<Field> = header
+        .fields()
+        .iter()
+        .map(|f| Field::new(f.name(), DataType::Utf8, true))
+        .collect();
+    let mut cast = false;
+    for (field, &i) in expected.fields().iter().zip(&indices) {
+        let parse_as = match field.data_type() {
+            // Not in arrow's CSV decoder: parsed as Utf8 and cast.
+            DataType::LargeUtf8 => DataType::Utf8,
+            t => t.clone(),
+        };
+        cast |= &parse_as != field.data_type();
+        fields[i] = field
+            .as_ref()
+            .clone()
+            .with_data_type(parse_as)
+            .with_nullable(true);
+    }
+    let mut projection = indices.clone();
+    projection.sort_unstable();
+    let in_order = projection == indices;
+    let all_nullable = expected.fields().iter().all(|f| f.is_nullable());
+    let conform_to = (!in_order || !all_nullable || cast).then(|| expected.clone());
+    Ok(CsvPlan {
+        file_schema: Arc::new(Schema::new(fields)),
+        projection: Some(projection),
+        out_schema: expected,
+        conform_to,
+    })
+}
+
+/// Inferred types; a column with nothing but nulls is read as Utf8.
+fn csv_inferred_plan(names: &[String], inferred: &Schema) -> CsvPlan {
+    let fields: Vec<Field> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let data_type = inferred
+                .fields()
+                .get(i)
+                .map(|f| f.data_type().clone())
+                .filter(|t| t != &DataType::Null)
+                .unwrap_or(DataType::Utf8);
+            Field::new(name, data_type, true)
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    CsvPlan {
+        file_schema: schema.clone(),
+        projection: None,
+        out_schema: schema,
+        conform_to: None,
+    }
 }
 
 fn jsonl_source<R: Read + Send + 'static>(
@@ -1043,17 +1207,18 @@ fn jsonl_source<R: Read + Send + 'static>(
     {
         return empty_source(Format::Jsonl, file, expected, input);
     }
+    // An inferred column whose values mix numbers and strings (a float
+    // column with "NaN") is a string column: numbers are read as text.
+    let coerce = expected.is_none();
     let (inferred, _) =
         arrow::json::reader::infer_json_schema(Cursor::new(&prefix[..complete]), None)
             .map_err(|e| json_prefix_error(file, &prefix[..complete], e))?;
     let inferred = in_key_order(inferred, &prefix[..complete]);
     let schema = match expected {
         Some(expected) => {
-            for field in expected.fields() {
-                if inferred.field_with_name(field.name()).is_err() {
-                    return Err(missing(file, field.name(), &inferred));
-                }
-            }
+            // Every key present (an object has no duplicate keys; the
+            // expected schema may not ask for one twice either).
+            match_columns(file, &inferred, &expected)?;
             expected
         }
         None => Arc::new(inferred),
@@ -1070,6 +1235,7 @@ fn jsonl_source<R: Read + Send + 'static>(
     ));
     let decoder = arrow::json::ReaderBuilder::new(parse_schema)
         .with_batch_size(batch_size)
+        .with_coerce_primitive(coerce)
         .build_decoder()
         .map_err(arrow_err(file))?;
     Ok(BatchIter {
@@ -1288,9 +1454,8 @@ impl<R: Read> BatchIter<R> {
                 file: self.file,
                 source: io::Error::other("an in-memory stream has no reader to hand back"),
             }),
-            Source::Csv { input, .. } | Source::Jsonl { input, .. } => {
-                Ok(input.into_inner().1.into_inner())
-            }
+            Source::Csv { input, .. } => Ok(input.into_inner().into_inner().1.into_inner()),
+            Source::Jsonl { input, .. } => Ok(input.into_inner().1.into_inner()),
         }
     }
 
@@ -1410,5 +1575,178 @@ mod tests {
             "{}",
             size_of::<FormatError>()
         );
+    }
+
+    use arrow::array::{
+        DurationMicrosecondArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
+    };
+
+    fn written(format: Format, batch: &RecordBatch) -> String {
+        let mut w = BatchWriter::new(format, batch.schema(), Vec::new(), "t").unwrap();
+        w.write(batch).unwrap();
+        String::from_utf8(w.finish_into().unwrap().1).unwrap()
+    }
+
+    fn read_back(format: Format, text: String, schema: SchemaRef) -> RecordBatch {
+        let iter = read_batches(format, Cursor::new(text), "t", Some(schema.clone()), 64).unwrap();
+        let batches: Vec<_> = iter.collect::<Result<_, _>>().unwrap();
+        arrow::compute::concat_batches(&schema, &batches).unwrap()
+    }
+
+    #[test]
+    fn jsonl_writes_nan_infinities_durations_and_zoned_timestamps_readably() {
+        let batch = RecordBatch::try_from_iter([
+            (
+                "f",
+                Arc::new(Float64Array::from(vec![f64::NAN, f64::NEG_INFINITY, 1e300])) as ArrayRef,
+            ),
+            (
+                "d",
+                Arc::new(DurationMicrosecondArray::from(vec![1_500_000, -1, 0])),
+            ),
+            (
+                "ts",
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![0, 1_729_989_000_000_000, -1])
+                        .with_timezone("Europe/Paris"),
+                ),
+            ),
+        ])
+        .unwrap();
+        let text = written(Format::Jsonl, &batch);
+        let first = text.lines().next().unwrap();
+        assert_eq!(
+            first,
+            r#"{"f":"NaN","d":1500000,"ts":"1970-01-01T00:00:00Z"}"#
+        );
+        assert!(text.contains(r#""f":"-Infinity""#), "{text}");
+        assert!(text.contains(r#""f":1e300"#), "{text}");
+        // Read back with the schema: the zone and every value return.
+        assert_eq!(
+            read_back(Format::Jsonl, text.clone(), batch.schema()),
+            batch
+        );
+        // Without one, a float column with NaN in it is text, not an error.
+        let iter = read_batches(Format::Jsonl, Cursor::new(text), "t", None, 64).unwrap();
+        let got: Vec<_> = iter.collect::<Result<_, _>>().unwrap();
+        let f = got[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(
+            f.iter().collect::<Vec<_>>(),
+            [Some("NaN"), Some("-Infinity"), Some("1e300")]
+        );
+    }
+
+    #[test]
+    fn csv_tells_empty_strings_from_nulls() {
+        let batch = RecordBatch::try_from_iter([
+            (
+                "s",
+                Arc::new(StringArray::from(vec![Some(""), None, Some("x")])) as ArrayRef,
+            ),
+            ("n", Arc::new(Int64Array::from(vec![Some(1), None, None]))),
+        ])
+        .unwrap();
+        let text = written(Format::Csv, &batch);
+        assert_eq!(text, "s,n\n\"\",1\n,\nx,\n");
+        assert_eq!(read_back(Format::Csv, text, batch.schema()), batch);
+        // A quoted empty field in a number column is a null, too (as
+        // Python's csv.QUOTE_ALL writes None).
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
+        let got = read_back(Format::Csv, "n\n\"\"\n2\n".into(), schema.clone());
+        let want = Int64Array::from(vec![None, Some(2)]);
+        assert_eq!(got.column(0).as_ref(), &want as &dyn arrow::array::Array);
+    }
+
+    #[test]
+    fn duplicate_names_match_by_position_or_not_at_all() {
+        let schema = |names: &[&str]| {
+            Schema::new(
+                names
+                    .iter()
+                    .map(|n| Field::new(*n, DataType::Int64, true))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let found = schema(&["a", "b", "a"]);
+        assert_eq!(match_columns("f", &found, &found).unwrap(), vec![0, 1, 2]);
+        assert_eq!(
+            match_columns("f", &found, &schema(&["b"])).unwrap(),
+            vec![1]
+        );
+        let err = match_columns("f", &found, &schema(&["b", "a"])).unwrap_err();
+        assert!(
+            matches!(&err, FormatError::AmbiguousColumn { column, .. } if column == "a"),
+            "{err}"
+        );
+        let err = match_columns("f", &schema(&["a", "b"]), &schema(&["a", "a"])).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("column \"a\" appears more than once"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn text_formats_refuse_by_name_what_they_cannot_carry() {
+        let map = DataType::Map(
+            Arc::new(Field::new(
+                "entries",
+                DataType::Struct(arrow::datatypes::Fields::from(vec![
+                    Field::new("key", DataType::Int32, false),
+                    Field::new("value", DataType::Utf8, true),
+                ])),
+                false,
+            )),
+            false,
+        );
+        let list_of_maps = DataType::List(Arc::new(Field::new("item", map, true)));
+        let cases = [
+            (
+                Format::Csv,
+                DataType::Binary,
+                "csv cannot carry binary values",
+            ),
+            (
+                Format::Csv,
+                DataType::Duration(arrow::datatypes::TimeUnit::Microsecond),
+                "csv cannot carry durations",
+            ),
+            (
+                Format::Jsonl,
+                list_of_maps.clone(),
+                "jsonl cannot carry map keys that are not strings",
+            ),
+        ];
+        for (format, data_type, says) in cases {
+            let schema = Schema::new(vec![Field::new("col", data_type.clone(), true)]);
+            let err = check_writable(format, &schema, "t")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("column \"col\""), "{err}");
+            assert!(err.contains(says), "{err}");
+            assert!(
+                err.ends_with("use arrows or parquet, which carry every type"),
+                "{err}"
+            );
+            for carrier in [Format::Arrows, Format::Parquet] {
+                check_writable(carrier, &schema, "t").unwrap();
+            }
+        }
+        let twice = Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("a", DataType::Utf8, true),
+        ]);
+        let err = check_writable(Format::Jsonl, &twice, "t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("column \"a\" (Utf8): jsonl cannot carry two columns of one name"),
+            "{err}"
+        );
+        check_writable(Format::Csv, &twice, "t").unwrap();
     }
 }

@@ -382,10 +382,15 @@ atexit.register(shutdown_all)
 
 
 def _to_arrow_schema(schema: Any) -> Optional[pa.Schema]:
-    """A pyarrow schema from a pyarrow schema, a Spark StructType or a DDL string."""
+    """A pyarrow schema from a pyarrow schema, a Spark StructType or a DDL string.
+
+    Spark timestamps (``timestamp``) become ``timestamp[us, tz=<zone>]`` in
+    the active session's ``spark.sql.session.timeZone`` (UTC without a
+    session), as Spark hands them to ``mapInArrow``; the zone only labels
+    the instants, which are read back exactly whatever it is.
+    """
     if schema is None or isinstance(schema, pa.Schema):
         return schema
-    from pyspark.sql.pandas.types import to_arrow_schema
     from pyspark.sql.types import StructType, _parse_datatype_string
 
     if isinstance(schema, str):
@@ -396,12 +401,50 @@ def _to_arrow_schema(schema: Any) -> Optional[pa.Schema]:
                 f"cannot parse schema {schema!r} as a Spark DDL string (this needs an "
                 f"active SparkSession; pass a pyarrow.Schema otherwise): {e}"
             ) from e
+        if not isinstance(parsed, StructType):
+            raise ValueError(f"schema {schema!r} is a {parsed.simpleString()}, not a list of columns")
         schema = parsed
-    if isinstance(schema, StructType):
-        return to_arrow_schema(schema)
-    raise TypeError(
-        f"schema must be a pyarrow.Schema, a pyspark StructType or a DDL string, not {type(schema).__name__}"
-    )
+    if not isinstance(schema, StructType):
+        raise TypeError(
+            f"schema must be a pyarrow.Schema, a pyspark StructType or a DDL string, not {type(schema).__name__}"
+        )
+    return _struct_to_arrow(schema)
+
+
+def _session_time_zone() -> str:
+    try:
+        from pyspark.sql import SparkSession
+
+        session = SparkSession.getActiveSession()
+        if session is not None:
+            return session.conf.get("spark.sql.session.timeZone") or "UTC"
+    except Exception:  # noqa: BLE001 - no JVM, or a Connect session without conf
+        pass
+    return "UTC"
+
+
+def _struct_to_arrow(schema: Any) -> pa.Schema:
+    """``to_arrow_schema`` of the installed PySpark, naming the column it cannot convert.
+
+    PySpark 4 asserts that a time zone is given when there is a timestamp
+    (a bare ``AssertionError`` otherwise); PySpark 3 has no such argument
+    and always uses UTC.
+    """
+    import inspect
+
+    from pyspark.sql.pandas.types import to_arrow_schema, to_arrow_type
+
+    kwargs = {}
+    if "timezone" in inspect.signature(to_arrow_schema).parameters:
+        kwargs["timezone"] = _session_time_zone()
+    for field in schema.fields:
+        try:
+            to_arrow_type(field.dataType, **kwargs)
+        except Exception as e:  # PySparkTypeError, TypeError, AssertionError
+            raise TypeError(
+                f"schema column {field.name!r} ({field.dataType.simpleString()}) has no Arrow type: {e}"
+            ) from e
+    return to_arrow_schema(schema, **kwargs)
 
 
 def _task_identity() -> tuple:
