@@ -3,7 +3,7 @@
 alone: the documented files and JSON records, the Python standard library,
 no `sidecar_shim`. Read it as the reference for an executor written in any
 language (Scala, Java, Go, a shell script); every step is one of the
-numbered steps of the protocol page (`docs/protocol.md`).
+numbered steps of the README's "An executor in any language, step by step".
 
     sidecar-entrypoint --mode serve --volume "$V" --parallel 2 -- \\
         sh -c 'awk -F, -v OFS=, "NR == 1 { print \\$0, \\"n\\"; next } { print \\$0, NR }" \\
