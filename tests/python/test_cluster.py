@@ -9,8 +9,9 @@ worker's death (its owner lock goes with the worker: sidecar_core::owner),
 a dead executor's sidecar and volume go, and nothing outlives the
 application.
 
-They run in a pytest process of their own (marker `cluster`, see
-.ci/python-tests.sh): one SparkContext per process.
+They take the `cluster_spark` session (conftest.py: one SparkContext per
+process, sessions take turns), or a driver process of their own where the
+session must be stopped.
 """
 
 import json
@@ -29,7 +30,6 @@ from conftest import (
     BOUND_S,
     SLACK_S,
     alive,
-    cluster_builder,
     docker_containers,
     docker_image_present,
     pid_of,
@@ -41,14 +41,6 @@ from conftest import (
 
 pytestmark = pytest.mark.cluster
 
-
-
-@pytest.fixture(scope="module")
-def cluster_spark(entrypoint):
-    session = cluster_builder("sidecar-shim-cluster").getOrCreate()
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
 
 
 def served_by(fn):
@@ -192,11 +184,11 @@ def test_a_killed_executor_leaves_the_right_result_and_no_sidecar(cluster_spark,
 STOP_SCRIPT = """
 import json, sys, time
 sys.path.insert(0, sys.argv[2])
-from conftest import cluster_builder, sidecar_processes, docker_containers
+from conftest import CLUSTER_MASTER, spark_builder, sidecar_processes, docker_containers
 import sidecar_shim
 
 root, provider = sys.argv[1], sys.argv[3]
-spark = cluster_builder("sidecar-shim-stop").getOrCreate()
+spark = spark_builder("sidecar-shim-stop", CLUSTER_MASTER).getOrCreate()
 kw = dict(input_format="csv", volume_root=root, schema="id long")
 cat = 'cat "$SIDECAR_INPUT" > "$SIDECAR_OUTPUT"'
 if provider == "docker":

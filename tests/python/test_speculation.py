@@ -11,22 +11,23 @@ import time
 import pytest
 
 import sidecar_shim
-from conftest import BOUND_S, SLACK_S, cluster_builder, pid_of, recording_worker, task_dirs, when_gone
+from conftest import BOUND_S, SLACK_S, _session, _stop_active, pid_of, recording_worker, task_dirs, when_gone
 
 pytestmark = pytest.mark.cluster
 
 
 def test_a_speculative_loser_is_stopped_and_the_winner_counted_once(standalone_cluster, volume_root, marks):
-    builder = cluster_builder("sidecar-shim-speculation", master=standalone_cluster)
-    for k, v in {
-        "spark.speculation": "true",
-        "spark.speculation.interval": "100ms",
-        "spark.speculation.multiplier": "2",
-        "spark.speculation.quantile": "0.5",
-        "spark.speculation.minTaskRuntime": "500ms",
-    }.items():
-        builder = builder.config(k, v)
-    spark = builder.getOrCreate()
+    spark = _session(
+        standalone_cluster,
+        "sidecar-shim-speculation",
+        {
+            "spark.speculation": "true",
+            "spark.speculation.interval": "100ms",
+            "spark.speculation.multiplier": "2",
+            "spark.speculation.quantile": "0.5",
+            "spark.speculation.minTaskRuntime": "500ms",
+        },
+    )
     try:
         # The first attempt of partition 0 is deliberately slow: its copy on
         # the other host wins, and Spark kills it.
@@ -57,4 +58,4 @@ def test_a_speculative_loser_is_stopped_and_the_winner_counted_once(standalone_c
             time.sleep(0.05)
         assert task_dirs(volume_root) == [], "the loser's task directory was left"
     finally:
-        spark.stop()
+        _stop_active()
