@@ -513,6 +513,59 @@ fn outcomes_left(volume: &Path) -> BTreeMap<String, Outcome> {
     left
 }
 
+/// Four tasks from Spark's user, concurrently, through the attach provider.
+fn drive_tasks(c: &Container, r: &Rehearsal, volume: &Path) {
+    if !common::is_root() {
+        println!("NOTE: not root: the executor side runs as this uid, not {SPARK_UID}");
+    }
+    let started = Instant::now();
+    let inputs: Vec<RecordBatch> = (0..4).map(|p| batch(500, &format!("p{p}"))).collect();
+    let runs: Vec<Child> = (0..4u32)
+        .map(|p| executor_task(volume, p, &inputs[p as usize]))
+        .collect();
+    for (run, input) in runs.into_iter().zip(&inputs) {
+        let out = run.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}\n{}", text(&out), c.logs());
+        let got = read_ipc(&out.stdout);
+        let got = arrow::compute::concat_batches(&input.schema(), &got).unwrap();
+        assert_eq!(&got, input);
+    }
+    figure("four_tasks_as_uid_185_ms", started.elapsed().as_millis());
+    if common::is_root() {
+        use std::os::unix::fs::MetadataExt as _;
+        // The executor side's files are Spark's user's; the sidecar's, its own.
+        let owner = |rel: &str| std::fs::metadata(volume.join(rel)).unwrap().uid();
+        assert_eq!(owner("executor/lease"), SPARK_UID);
+        assert_eq!(u64::from(owner("sidecar/ready")), r.uid);
+    }
+    // Collected and closed: the sidecar removed their directories.
+    wait_until("closed tasks to be removed", DEADLINE, || {
+        task_dirs(volume).is_empty()
+    });
+}
+
+/// One task in flight when its executor goes away; then the kubelet's
+/// stop: SIGTERM, SIGKILL after the pod's grace. Returns how long it took.
+fn stop_with_a_task_in_flight(c: &Container, volume: &Path) -> Duration {
+    let mut slow = executor_task(volume, 9, &batch(3, "SLOW"));
+    let logic_runs = || {
+        std::fs::read_dir(volume.join("tasks"))
+            .unwrap()
+            .flatten()
+            .any(|e| {
+                std::fs::read_to_string(e.path().join("stderr")).is_ok_and(|s| s.contains("slow"))
+            })
+    };
+    wait_until("the slow task's logic to run", DEADLINE, logic_runs);
+    slow.kill().unwrap();
+    slow.wait().unwrap();
+    let stop = Instant::now();
+    docker_ok(&["stop", "--time", &POD_GRACE_SECONDS.to_string(), &c.id]);
+    let took = stop.elapsed();
+    figure("sigterm_to_exit_ms", took.as_millis());
+    took
+}
+
 #[test]
 fn the_native_sidecar_of_a_generated_template_runs_locked_down_beside_spark() {
     require_docker!();
@@ -540,54 +593,9 @@ fn the_native_sidecar_of_a_generated_template_runs_locked_down_beside_spark() {
     let c = start(&r, &volume);
     assert_kernel_applied(&c, &r);
     liveness(&c, &r);
-    if !common::is_root() {
-        println!("NOTE: not root: the executor side runs as this uid, not {SPARK_UID}");
-    }
+    drive_tasks(&c, &r, &volume);
 
-    // Tasks from Spark's user, concurrently, through the attach provider.
-    let started = Instant::now();
-    let inputs: Vec<RecordBatch> = (0..4).map(|p| batch(500, &format!("p{p}"))).collect();
-    let runs: Vec<Child> = (0..4u32)
-        .map(|p| executor_task(&volume, p, &inputs[p as usize]))
-        .collect();
-    for (run, input) in runs.into_iter().zip(&inputs) {
-        let out = run.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}\n{}", text(&out), c.logs());
-        let got = read_ipc(&out.stdout);
-        let got = arrow::compute::concat_batches(&input.schema(), &got).unwrap();
-        assert_eq!(&got, input);
-    }
-    figure("four_tasks_as_uid_185_ms", started.elapsed().as_millis());
-    if common::is_root() {
-        use std::os::unix::fs::MetadataExt as _;
-        // The executor side's files are Spark's user's; the sidecar's, its own.
-        let owner = |rel: &str| std::fs::metadata(volume.join(rel)).unwrap().uid();
-        assert_eq!(owner("executor/lease"), SPARK_UID);
-        assert_eq!(u64::from(owner("sidecar/ready")), r.uid);
-    }
-    // Collected and closed: the sidecar removed their directories.
-    wait_until("closed tasks to be removed", DEADLINE, || {
-        task_dirs(&volume).is_empty()
-    });
-
-    // One task in flight when the executor goes away and the kubelet
-    // stops the sidecar.
-    let mut slow = executor_task(&volume, 9, &batch(3, "SLOW"));
-    let stderr_seen = || {
-        std::fs::read_dir(volume.join("tasks"))
-            .unwrap()
-            .flatten()
-            .any(|e| {
-                std::fs::read_to_string(e.path().join("stderr")).is_ok_and(|s| s.contains("slow"))
-            })
-    };
-    wait_until("the slow task's logic to run", DEADLINE, stderr_seen);
-    slow.kill().unwrap();
-    slow.wait().unwrap();
-    let stop = Instant::now();
-    docker_ok(&["stop", "--time", &POD_GRACE_SECONDS.to_string(), &c.id]);
-    let took = stop.elapsed();
-    figure("sigterm_to_exit_ms", took.as_millis());
+    let took = stop_with_a_task_in_flight(&c, &volume);
     let logs = c.logs();
     assert_eq!(c.state("ExitCode"), "0", "{logs}");
     assert_eq!(c.state("OOMKilled"), "false", "{logs}");
