@@ -7,8 +7,9 @@
 #   PROFILE=release .ci/python-tests.sh  # optimised builds (what examples/pyspark/bench.py wants)
 #   .ci/python-tests.sh -k stream        # extra arguments go to pytest
 #
-# Needs: cargo, python3 with `pip install pyspark pyarrow maturin pytest`
-# (pandas too: installed here if missing), Java for Spark. Docker is optional (the docker provider test is skipped
+# Needs: cargo, python3 with `pip install pyspark pyarrow maturin pytest
+# kubernetes-validate` (pandas and kubernetes-validate too: installed here if
+# missing), Java for Spark. Docker is optional (the docker provider test is skipped
 # when the image sidecar-foundry-dd:latest is absent).
 set -euo pipefail
 
@@ -35,10 +36,19 @@ if ! "$python" -c 'import pandas' 2>/dev/null; then
     "$python" -m pip install --quiet 'pandas>=2.2,<3' >&2
 fi
 
-log "building sidecar-entrypoint ($profile)"
-cargo build -p sidecar-entrypoint "${cargo_profile[@]}" >&2
+# The pod-template test validates against the Kubernetes schemas this
+# package bundles (offline).
+if ! "$python" -c 'import kubernetes_validate' 2>/dev/null; then
+    log "installing kubernetes-validate (the pod-template schema test needs it)"
+    "$python" -m pip install --quiet kubernetes-validate >&2
+fi
+
+log "building sidecar-entrypoint and executor-shim ($profile)"
+cargo build -p sidecar-entrypoint -p executor-shim-cli "${cargo_profile[@]}" >&2
 entrypoint="$bin_dir/sidecar-entrypoint"
 [[ -x "$entrypoint" ]] || { log "no $entrypoint after the build"; exit 1; }
+[[ -x "$bin_dir/executor-shim" ]] || { log "no $bin_dir/executor-shim after the build"; exit 1; }
+export EXECUTOR_SHIM="$bin_dir/executor-shim"
 
 # Bundle the binary in the wheel (sidecar_shim/bin/), so an installed wheel
 # works without $SIDECAR_ENTRYPOINT; the copy is not part of the source tree.

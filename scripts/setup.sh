@@ -24,6 +24,6 @@ rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-gnu \
     || rustup target add x86_64-unknown-linux-gnu >/dev/null 2>&1 || true
 
 PY=${PYTHON:-python3}
-if ! "$PY" -c 'import pyspark, pyarrow, pandas, pytest' >/dev/null 2>&1 || ! command -v maturin >/dev/null; then
-    "$PY" -m pip install -q --disable-pip-version-check pyspark pyarrow "pandas>=2.2,<3" maturin pytest
+if ! "$PY" -c 'import pyspark, pyarrow, pandas, pytest, kubernetes_validate' >/dev/null 2>&1 || ! command -v maturin >/dev/null; then
+    "$PY" -m pip install -q --disable-pip-version-check pyspark pyarrow "pandas>=2.2,<3" maturin pytest kubernetes-validate
 fi

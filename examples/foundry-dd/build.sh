@@ -3,6 +3,8 @@
 #
 #   examples/foundry-dd/build.sh            -> image sidecar-foundry-dd:latest
 #   IMAGE=my/tag:1 examples/foundry-dd/build.sh
+#   SOURCE_LABEL=key=value examples/foundry-dd/build.sh   (labels the image; the
+#                                           tests name the sources they built it from)
 #
 # Needs: cargo, a Docker engine, and /bin/busybox from Debian's
 # busybox-static (installed with apt-get when missing). Pulls nothing:
@@ -56,7 +58,9 @@ if ! docker buildx version >/dev/null 2>&1; then
 fi
 log "building $image"
 old_id="$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)"
-docker build --quiet --pull=false -t "$image" "$ctx" >&2
+label=()
+[[ -n "${SOURCE_LABEL:-}" ]] && label=(--label "$SOURCE_LABEL")
+docker build --quiet --pull=false "${label[@]}" -t "$image" "$ctx" >&2
 new_id="$(docker image inspect --format '{{.Id}}' "$image")"
 # A rebuild leaves the previous image untagged; remove it unless in use.
 if [[ -n "$old_id" && "$old_id" != "$new_id" ]]; then

@@ -2,7 +2,7 @@
 //! The generated executor pod template, read back with a real YAML parser
 //! and checked the way a reviewer of the manifest would check it.
 
-use executor_shim::pod_template::{render, PodTemplate, PodTemplateError};
+use executor_shim::pod_template::{render, spark_submit, PodTemplate, PodTemplateError};
 use serde_json::Value;
 
 const MOUNT: &str = "/opt/sidecar/shared-volumes/shared";
@@ -51,6 +51,32 @@ fn assert_mounted(container: &Value, volume: &str, path: &str) {
         "SIDECAR_VOLUME in {}",
         container["name"]
     );
+}
+
+/// Both probes exec `<entrypoint> probe --volume <mount>`: no shell.
+fn assert_probed(sidecar: &Value, mount: &str) {
+    for probe in ["startupProbe", "livenessProbe"] {
+        let p = &sidecar[probe];
+        assert_eq!(
+            strings(&p["exec"]["command"]),
+            ["/usr/bin/sidecar-entrypoint", "probe", "--volume", mount],
+            "{probe}: {p}"
+        );
+        assert!(p["periodSeconds"].as_u64().is_some(), "{probe}: {p}");
+    }
+    // The startup probe gives start-up time; liveness tolerates a slow probe
+    // or two before a restart.
+    let startup = &sidecar["startupProbe"];
+    let budget =
+        startup["periodSeconds"].as_u64().unwrap() * startup["failureThreshold"].as_u64().unwrap();
+    assert!(budget >= 60, "{startup}");
+    assert!(
+        sidecar["livenessProbe"]["failureThreshold"]
+            .as_u64()
+            .unwrap()
+            >= 3
+    );
+    assert!(sidecar.get("readinessProbe").is_none(), "{sidecar}");
 }
 
 fn assert_locked_down(sidecar: &Value, uid: u64) {
@@ -103,11 +129,15 @@ fn default_template_puts_a_locked_down_sidecar_beside_the_executor() {
             "--volume",
             MOUNT,
             "--exit-on-orphan",
+            "--exit-zero-on-sigterm",
             "--",
             "/app/geocode",
             "--fast"
         ]
     );
+    assert_probed(sidecar, MOUNT);
+    // No --cpu/--memory: no resources (and a comment saying what that means).
+    assert!(sidecar.get("resources").is_none(), "{sidecar}");
     assert_mounted(sidecar, "shared", MOUNT);
     assert_locked_down(sidecar, 5001);
     assert!(sidecar.get("restartPolicy").is_none());
@@ -164,7 +194,10 @@ fn native_sidecar_is_an_init_container_that_restarts_always() {
     // The kubelet stops a native sidecar; it needs no orphan detection.
     let args = strings(&sidecar["args"]);
     assert!(!args.contains(&"--exit-on-orphan"), "{args:?}");
+    assert!(args.contains(&"--exit-zero-on-sigterm"), "{args:?}");
     assert_eq!(&args[..4], ["--mode", "serve", "--volume", MOUNT]);
+    // The kubelet starts the executor only once this startupProbe passed.
+    assert_probed(sidecar, MOUNT);
 }
 
 #[test]
@@ -203,9 +236,80 @@ fn without_a_command_the_image_entrypoint_runs_unchanged() {
     let sidecar = named(&pod["spec"]["containers"], "sidecar");
     assert!(sidecar.get("command").is_none(), "{sidecar}");
     assert!(sidecar.get("args").is_none(), "{sidecar}");
-    // It still learns where the volume is, and is still locked down.
+    // It still learns where the volume is and how to stop, is still
+    // probed, and is still locked down.
     assert_mounted(sidecar, "shared", MOUNT);
+    let env = named(&sidecar["env"], "SIDECAR_EXIT_ZERO_ON_SIGTERM");
+    assert_eq!(env["value"], "1");
+    assert_probed(sidecar, MOUNT);
     assert_locked_down(sidecar, 5001);
+}
+
+#[test]
+fn cpu_and_memory_are_the_sidecars_requests_and_limits() {
+    for native_sidecar in [false, true] {
+        let pod = parse(&PodTemplate {
+            cpu: Some("500m".into()),
+            memory: Some("1Gi".into()),
+            native_sidecar,
+            ..base()
+        });
+        let list = if native_sidecar {
+            "initContainers"
+        } else {
+            "containers"
+        };
+        let sidecar = named(&pod["spec"][list], "sidecar");
+        let r = &sidecar["resources"];
+        for section in ["requests", "limits"] {
+            assert_eq!(r[section]["cpu"], "500m", "{r}");
+            assert_eq!(r[section]["memory"], "1Gi", "{r}");
+        }
+        // Spark sets the executor's own resources.
+        let executor = named(&pod["spec"]["containers"], "spark-kubernetes-executor");
+        assert!(executor.get("resources").is_none(), "{executor}");
+    }
+    // One without the other.
+    let pod = parse(&PodTemplate {
+        memory: Some("256Mi".into()),
+        ..base()
+    });
+    let r = &named(&pod["spec"]["containers"], "sidecar")["resources"];
+    assert_eq!(r["limits"]["memory"], "256Mi", "{r}");
+    assert!(r["limits"].get("cpu").is_none(), "{r}");
+}
+
+#[test]
+fn the_spark_submit_line_names_every_setting_the_template_relies_on() {
+    let t = PodTemplate {
+        volume: "data".into(),
+        executor_container: "exec".into(),
+        ..base()
+    };
+    let line = spark_submit(&t).join("\n");
+    for setting in [
+        "--conf spark.kubernetes.executor.podTemplateFile=executor-pod.yaml",
+        "--conf spark.kubernetes.executor.podTemplateContainerName=exec",
+        "--conf spark.executorEnv.SIDECAR_VOLUME=/opt/sidecar/shared-volumes/data",
+        // The sidecar is a regular container: its crash must fail the
+        // executor on Spark 3.x too, where this is off by default.
+        "--conf spark.kubernetes.executor.checkAllContainers=true",
+    ] {
+        assert!(line.contains(setting), "{setting} missing from:\n{line}");
+    }
+    // The template's header carries the same line.
+    let yaml = render(&t);
+    for l in spark_submit(&t) {
+        assert!(yaml.contains(&format!("#   {l}\n")), "{l} not in:\n{yaml}");
+    }
+    // Native sidecars are init containers, which checkAllContainers ignores.
+    let native = spark_submit(&PodTemplate {
+        native_sidecar: true,
+        ..t
+    })
+    .join("\n");
+    assert!(!native.contains("checkAllContainers"), "{native}");
+    assert!(native.contains("podTemplateContainerName=exec"), "{native}");
 }
 
 #[test]
@@ -250,6 +354,19 @@ fn the_template_explains_itself() {
         yaml.contains(&format!("spark.executorEnv.SIDECAR_VOLUME={MOUNT}")),
         "{yaml}"
     );
+    // The comments say what a tmpfs volume costs and how a stop ends.
+    let yaml = render(&PodTemplate {
+        memory_medium: true,
+        ..base()
+    });
+    for needle in [
+        "count against that container's memory limit",
+        "checkAllContainers",
+        "--exit-zero-on-sigterm",
+        "No --cpu/--memory",
+    ] {
+        assert!(yaml.contains(needle), "{needle} not explained:\n{yaml}");
+    }
 }
 
 #[test]
@@ -304,6 +421,34 @@ fn settings_kubernetes_would_reject_are_refused_with_the_reason() {
                 ..base()
             },
             "both named \"sidecar\"",
+        ),
+        (
+            PodTemplate {
+                cpu: Some("half".into()),
+                ..base()
+            },
+            "--cpu \"half\" is not a Kubernetes CPU quantity",
+        ),
+        (
+            PodTemplate {
+                cpu: Some("0m".into()),
+                ..base()
+            },
+            "above zero",
+        ),
+        (
+            PodTemplate {
+                memory: Some("1 GB".into()),
+                ..base()
+            },
+            "--memory \"1 GB\" is not a Kubernetes memory quantity",
+        ),
+        (
+            PodTemplate {
+                memory: Some("0Mi".into()),
+                ..base()
+            },
+            "above zero",
         ),
     ];
     for (t, want) in cases {

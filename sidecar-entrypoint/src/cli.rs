@@ -27,6 +27,10 @@ pub enum Sub {
     /// Validate the image and runtime: non-root numeric uid, volume writable,
     /// command resolvable, inotify usable.
     Check(CheckArgs),
+    /// Exit 0 only when the volume's sidecar is ready and its heartbeat
+    /// fresh; otherwise print why and exit 1. For Kubernetes exec
+    /// startupProbe and livenessProbe (no shell needed).
+    Probe(ProbeArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -108,6 +112,12 @@ pub struct RunArgs {
     /// executor/sidecar.users any more.
     #[arg(long = "exit-on-orphan")]
     pub exit_on_orphan: bool,
+    /// serve: exit 0, not 143, when SIGTERM stops the sidecar and every
+    /// in-flight task recorded its outcome in time (a clean stop, as the
+    /// kubelet asks for one). Kubernetes and Spark read a non-zero exit as
+    /// a failed container.
+    #[arg(long = "exit-zero-on-sigterm", env = "SIDECAR_EXIT_ZERO_ON_SIGTERM")]
+    pub exit_zero_on_sigterm: bool,
     #[command(flatten)]
     pub command: CommandArgs,
 }
@@ -118,6 +128,17 @@ pub struct CheckArgs {
     pub volume: Option<PathBuf>,
     #[command(flatten)]
     pub command: CommandArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The shared volume (default: $SIDECAR_VOLUME, $SHARED_DIR, /opt/sidecar/shared-volumes/shared).
+    #[arg(long, value_name = "DIR")]
+    pub volume: Option<PathBuf>,
+    /// The oldest heartbeat that counts as fresh (the sidecar beats every
+    /// --heartbeat, 500ms by default).
+    #[arg(long = "max-age", value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "5s")]
+    pub max_age: Duration,
 }
 
 impl RunArgs {
@@ -256,6 +277,13 @@ mod tests {
         let cli = parse(&["check", "--volume", "/v", "--", "x"]).unwrap();
         assert!(
             matches!(cli.sub, Some(Sub::Check(ref c)) if c.volume.as_deref() == Some(Path::new("/v")))
+        );
+
+        let cli = parse(&["probe", "--volume", "/v", "--max-age", "2s"]).unwrap();
+        assert!(matches!(cli.sub, Some(Sub::Probe(ref p)) if p.max_age == Duration::from_secs(2)));
+        let cli = parse(&["probe"]).unwrap();
+        assert!(
+            matches!(cli.sub, Some(Sub::Probe(ref p)) if p.volume.is_none() && p.max_age == Duration::from_secs(5))
         );
     }
 

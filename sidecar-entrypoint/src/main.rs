@@ -7,6 +7,7 @@
 //! sidecar-entrypoint [OPTIONS] -- COMMAND [ARGS...]
 //! sidecar-entrypoint [OPTIONS] -c "COMMAND LINE"     (Foundry form; `entrypoint -c ...` works too)
 //! sidecar-entrypoint check [--volume DIR] [-- COMMAND... | -c LINE]
+//! sidecar-entrypoint probe [--volume DIR] [--max-age DURATION]
 //! ```
 //!
 //! ## Modes
@@ -61,6 +62,16 @@
 //! every remaining descendant (found through `/proc`), and exits 128+signal.
 //! No descendant outlives it, whatever the exit path.
 //!
+//! In serve mode, `--exit-zero-on-sigterm` (or
+//! `$SIDECAR_EXIT_ZERO_ON_SIGTERM=1`) turns a *clean* SIGTERM stop into
+//! exit 0: every in-flight task recorded its outcome within the grace (and
+//! the slack for writing it). That is how the kubelet stops a sidecar, and
+//! with `spark.kubernetes.executor.checkAllContainers` (the default since
+//! Spark 4.0) Spark fails an executor whose pod has a regular container
+//! that exited non-zero: a sidecar stopped cleanly must not be that
+//! container. A stop that lost an outcome still exits 143. The pod template
+//! of `executor-shim pod-template` passes the flag.
+//!
 //! ## Where things live
 //!
 //! | module | what |
@@ -75,6 +86,7 @@
 //! | `output` | timestamped log lines, stderr tails |
 //! | `init` | `--init-script` |
 //! | `check` | `check`: the image and runtime validated |
+//! | `probe` | `probe`: ready and heartbeat fresh, for Kubernetes exec probes (see its docs for what "fresh" means) |
 //!
 //! The protocol's file effects (reading the spec, waiting for flags,
 //! writing the outcome with the full-disk fallback, cleaning up) are not
@@ -84,14 +96,14 @@
 //!
 //! | code    | meaning |
 //! |---------|---------|
-//! | 0       | the command succeeded (oneshot); a clean drain or orphan exit (serve); `check` found no FAIL |
-//! | 1–125   | the command's own exit status (oneshot); `check`: 1 when a check FAILed |
+//! | 0       | the command succeeded (oneshot); a clean drain or orphan exit (serve); a clean stop by SIGTERM with `--exit-zero-on-sigterm` (serve); `check` found no FAIL; `probe`: ready and the heartbeat fresh |
+//! | 1–125   | the command's own exit status (oneshot); `check`: 1 when a check FAILed; `probe`: 1 when not ready or stale (the reason on stderr) |
 //! | 2       | usage error (bad flags) |
 //! | 70      | internal or protocol error: volume missing, a flag that cannot be written, an invalid `start_flag` (oneshot) |
 //! | 71      | an init script failed |
 //! | 126     | the command exists but cannot be executed (oneshot) |
 //! | 127     | the command was not found (oneshot) |
-//! | 128+N   | the command was killed by signal N (oneshot), or we were stopped by signal N |
+//! | 128+N   | the command was killed by signal N (oneshot), or we were stopped by signal N (serve: unless `--exit-zero-on-sigterm` and the stop was clean) |
 //!
 //! [`exit_code`] is the one place that maps outcomes to these codes.
 //!
@@ -136,6 +148,7 @@ mod discovery;
 mod init;
 mod oneshot;
 mod output;
+mod probe;
 mod serve;
 mod supervisor;
 mod task_env;
@@ -179,8 +192,29 @@ pub enum End {
     InitFailed(anyhow::Error),
     /// `check` found a FAIL.
     CheckFailed,
+    /// `probe`: not ready, or the heartbeat is stale.
+    Unhealthy,
+    /// Stopped by this signal, every in-flight task's outcome recorded,
+    /// and asked to call that a success (`--exit-zero-on-sigterm`).
+    CleanStop(i32),
     /// Anything else that stopped us.
     Internal(anyhow::Error),
+}
+
+impl End {
+    /// How serve mode ends after a stop signal: 128+signal, or a success
+    /// when the signal was SIGTERM, the stop was clean (every in-flight
+    /// task recorded its outcome in time) and `--exit-zero-on-sigterm`
+    /// asked for it. Kubernetes stops a sidecar with SIGTERM; with
+    /// `spark.kubernetes.executor.checkAllContainers` Spark fails an
+    /// executor whose pod has a container that exited non-zero.
+    pub fn stopped(signal: i32, clean: bool, zero_on_sigterm: bool) -> End {
+        if zero_on_sigterm && clean && signal == libc::SIGTERM {
+            End::CleanStop(signal)
+        } else {
+            End::Signalled(signal)
+        }
+    }
 }
 
 /// The exit-code table (see the crate docs).
@@ -200,7 +234,8 @@ pub fn exit_code(end: &End) -> u8 {
         },
         End::Usage(_) => 2,
         End::InitFailed(_) => 71,
-        End::CheckFailed => 1,
+        End::CheckFailed | End::Unhealthy => 1,
+        End::CleanStop(_) => 0,
         End::Internal(_) => 70,
     }
 }
@@ -303,6 +338,11 @@ fn main() -> ExitCode {
             });
         }
     };
+    // `probe` is a one-shot read, run by the kubelet every few seconds and
+    // bounded by its timeout: no runtime, no signal handling, nothing to reap.
+    if let Some(Sub::Probe(args)) = &cli.sub {
+        return ExitCode::from(exit_code(&probe::run(args)));
+    }
     init_logging(cli.run.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -359,9 +399,13 @@ async fn run(cli: Cli) -> End {
     };
     let end = match cli.sub {
         Some(Sub::Check(args)) => check::run(&ctx, &args).await,
+        Some(Sub::Probe(args)) => probe::run(&args),
         None => match cli.run.command.resolve() {
             Err(msg) => End::Usage(msg),
             Ok(cmd) => match cli.run.mode {
+                Mode::Oneshot if cli.run.exit_zero_on_sigterm => End::Usage(
+                    "--exit-zero-on-sigterm applies to --mode serve; oneshot exits with the command's status".into(),
+                ),
                 Mode::Oneshot => oneshot::run(&ctx, &cli.run, cmd).await,
                 Mode::Serve => serve::run(&ctx, &cli.run, cmd).await,
             },
@@ -410,6 +454,12 @@ mod tests {
             (End::Usage("x".into()), 2),
             (End::InitFailed(anyhow::anyhow!("x")), 71),
             (End::CheckFailed, 1),
+            (End::Unhealthy, 1),
+            (End::CleanStop(15), 0),
+            (End::stopped(15, true, true), 0),
+            (End::stopped(15, false, true), 143),
+            (End::stopped(15, true, false), 143),
+            (End::stopped(2, true, true), 130),
             (End::Internal(anyhow::anyhow!("x")), 70),
         ];
         for (end, want) in cases {

@@ -164,8 +164,8 @@ async fn serve_loop(server: &Arc<Server>, args: &RunArgs) -> End {
                 .stop
                 .raise(server.ctx.stop().reason().unwrap_or_default());
             tracing::info!("stopping: waiting for in-flight tasks to record their outcome");
-            wait_pending(server, Some(server.ctx.grace + SHUTDOWN_SLACK)).await;
-            return End::Signalled(sig);
+            let clean = wait_pending(server, Some(server.ctx.grace + SHUTDOWN_SLACK)).await;
+            return End::stopped(sig, clean, args.exit_zero_on_sigterm);
         }
         if server.volume.close_flag().exists() {
             tracing::info!("close_flag: no new tasks; draining in-flight tasks");
@@ -233,8 +233,9 @@ fn orphaned(server: &Server, args: &RunArgs, lease: &mut Option<Monitor>) -> Opt
     }
 }
 
-/// Waits until every discovered task has written its done flag (or `limit`).
-async fn wait_pending(server: &Server, limit: Option<Duration>) {
+/// Waits until every discovered task has written its done flag (or
+/// `limit`); whether they all did.
+async fn wait_pending(server: &Server, limit: Option<Duration>) -> bool {
     let mut rx = server.pending.subscribe();
     let wait = rx.wait_for(|n| *n == 0);
     match limit {
@@ -244,11 +245,11 @@ async fn wait_pending(server: &Server, limit: Option<Duration>) {
                     "{} task(s) did not record an outcome within {l:?}",
                     *server.pending.borrow()
                 );
+                return false;
             }
+            true
         }
-        None => {
-            let _ = wait.await;
-        }
+        None => wait.await.is_ok(),
     }
 }
 

@@ -380,6 +380,46 @@ fn sigterm_cancels_in_flight_tasks_and_exits_143() {
     assert!(processes_with(&marker).is_empty());
 }
 
+/// The kubelet stops a sidecar with SIGTERM. With --exit-zero-on-sigterm a
+/// stop in which every task recorded its outcome exits 0 (a pod's container
+/// that exits non-zero fails the executor under Spark's checkAllContainers),
+/// and the tasks still say they were cancelled: a logic that ignores TERM
+/// is killed after the grace and recorded too.
+#[test]
+fn exit_zero_on_sigterm_after_a_clean_stop() {
+    let dir = Dir::new();
+    let logic = script(&dir, "logic.sh", "trap '' TERM\necho started\nsleep 60\n");
+    let flags = ["--grace", "1s", "--parallel", "2", "--exit-zero-on-sigterm"];
+    let sidecar = serve(&dir, &flags, &logic);
+    let marker = sidecar.marker.clone();
+    for id in ["p0-a0", "p1-a0"] {
+        stage(&dir, id, "x\n", "");
+        wait_until("the logic to start", LONG, || {
+            std::fs::read_to_string(dir.join(&format!("tasks/{id}/stdout")))
+                .is_ok_and(|s| s.contains("started"))
+        });
+    }
+    sidecar.signal(libc::SIGTERM);
+    let ended = sidecar.wait(LONG);
+    assert_eq!(ended.code(), Some(0), "{}", ended.stderr);
+    for id in ["p0-a0", "p1-a0"] {
+        let d = done(&dir, id);
+        assert_eq!(d["status"], "cancelled", "{d:#}");
+        assert!(reason(&d).contains("SIGTERM"), "{d:#}");
+    }
+    assert!(processes_with(&marker).is_empty());
+
+    // oneshot exits with its command's status: the flag is refused there.
+    let oneshot = Sidecar::start(&dir, &["--exit-zero-on-sigterm", "--", "true"]);
+    let ended = oneshot.wait(LONG);
+    assert_eq!(ended.code(), Some(2), "{}", ended.stderr);
+    assert!(
+        ended.stderr.contains("applies to --mode serve"),
+        "{}",
+        ended.stderr
+    );
+}
+
 #[test]
 fn a_removed_task_directory_is_forgotten() {
     let dir = Dir::new();

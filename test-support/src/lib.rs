@@ -145,9 +145,15 @@ pub fn wait_until(what: &str, limit: Duration, cond: impl FnMut() -> bool) {
 /// `/bin/sh`, `dd`, `cat`).
 pub const IMAGE: &str = "sidecar-foundry-dd:latest";
 
-/// `Ok` when a Docker engine answers and [`IMAGE`] exists (built offline by
-/// `examples/foundry-dd/build.sh` on first use); otherwise why not, for a
+/// `Ok` when a Docker engine answers and [`IMAGE`] holds the entrypoint
+/// of the sources under test (built offline by `examples/foundry-dd/build.sh`
+/// when missing or built from other sources); otherwise why not, for a
 /// `SKIPPED: docker: <why>` line. Decided once per test process.
+///
+/// The image is labelled `sidecar.source=<fingerprint of the entrypoint's
+/// sources>`: a tag alone says nothing about what is in it, and an image
+/// left by an older checkout (or by another working copy on the same
+/// engine) would test another binary.
 pub fn docker_image() -> Result<(), String> {
     static READY: OnceLock<Result<(), String>> = OnceLock::new();
     READY.get_or_init(build_image).clone()
@@ -163,14 +169,20 @@ fn build_image() -> Result<(), String> {
             tail(&info.stderr, 1)
         ));
     }
-    if run(Command::new("docker").args(["image", "inspect", IMAGE]))
-        .is_ok_and(|o| o.status.success())
-    {
+    let fingerprint = source_fingerprint();
+    let label = format!("{{{{index .Config.Labels \"{SOURCE_LABEL}\"}}}}");
+    let built = run(Command::new("docker").args(["image", "inspect", "--format", &label, IMAGE]));
+    if built.is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == fingerprint
+    }) {
         return Ok(());
     }
     let script = workspace().join("examples/foundry-dd/build.sh");
-    let build = run(Command::new("bash").arg(&script).env("IMAGE", IMAGE))
-        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    let build = run(Command::new("bash")
+        .arg(&script)
+        .env("IMAGE", IMAGE)
+        .env("SOURCE_LABEL", format!("{SOURCE_LABEL}={fingerprint}")))
+    .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
     if !build.status.success() {
         return Err(format!(
             "cannot build the image with {} ({}): {}",
@@ -180,6 +192,66 @@ fn build_image() -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The image label that names the sources its entrypoint was built from.
+const SOURCE_LABEL: &str = "sidecar.source";
+
+/// A fingerprint (64-bit FNV-1a, hex) of what goes into [`IMAGE`]: the
+/// entrypoint's and the protocol library's sources and manifests, the lock
+/// file, and the image's build files.
+pub fn source_fingerprint() -> String {
+    let root = workspace();
+    let mut files = Vec::new();
+    for dir in [
+        "sidecar-entrypoint/src",
+        "sidecar-core/src",
+        "examples/foundry-dd",
+    ] {
+        collect_files(&root.join(dir), &mut files);
+    }
+    for file in [
+        "Cargo.lock",
+        "Cargo.toml",
+        "sidecar-entrypoint/Cargo.toml",
+        "sidecar-core/Cargo.toml",
+        ".ci/build-static.sh",
+    ] {
+        files.push(root.join(file));
+    }
+    files.sort();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            hash ^= u64::from(*b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for f in &files {
+        eat(f
+            .strip_prefix(&root)
+            .unwrap_or(f)
+            .to_string_lossy()
+            .as_bytes());
+        eat(&[0]);
+        eat(&std::fs::read(f).unwrap_or_default());
+        eat(&[0]);
+    }
+    format!("{hash:016x}")
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => collect_files(&p, out),
+            Ok(t) if t.is_file() => out.push(p),
+            _ => {}
+        }
+    }
 }
 
 /// Whether a test without Docker must fail rather than be skipped

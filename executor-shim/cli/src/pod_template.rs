@@ -4,8 +4,8 @@
 use std::io::Write as _;
 
 use executor_shim::pod_template::{
-    render, PodTemplate, DEFAULT_ENTRYPOINT, DEFAULT_EXECUTOR_CONTAINER, DEFAULT_USER,
-    DEFAULT_VOLUME,
+    render, spark_submit, PodTemplate, DEFAULT_ENTRYPOINT, DEFAULT_EXECUTOR_CONTAINER,
+    DEFAULT_USER, DEFAULT_VOLUME,
 };
 
 /// `executor-shim pod-template`.
@@ -41,6 +41,12 @@ pub struct PodTemplateArgs {
     /// The executor container's name (Spark's default; see spark.kubernetes.executor.podTemplateContainerName).
     #[arg(long, value_name = "NAME", default_value = DEFAULT_EXECUTOR_CONTAINER)]
     pub executor_container: String,
+    /// The sidecar's CPU request and limit, a Kubernetes quantity (e.g. 500m, 2).
+    #[arg(long, value_name = "QUANTITY")]
+    pub cpu: Option<String>,
+    /// The sidecar's memory request and limit, a Kubernetes quantity (e.g. 512Mi, 2Gi).
+    #[arg(long, value_name = "QUANTITY")]
+    pub memory: Option<String>,
     /// The user logic the sidecar runs per task (after --). Without it, the image's ENTRYPOINT/CMD run.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -61,12 +67,15 @@ impl PodTemplateArgs {
             entrypoint: self.entrypoint.clone(),
             command: self.command.clone(),
             executor_container: self.executor_container.clone(),
+            cpu: self.cpu.clone(),
+            memory: self.memory.clone(),
             ..Default::default()
         }
     }
 }
 
-/// Prints the pod template to stdout.
+/// Prints the pod template to stdout, and on stderr the `spark-submit`
+/// line that uses it (stdout is usually redirected to the file).
 pub fn run(args: PodTemplateArgs) -> anyhow::Result<()> {
     let template = args.template();
     template.validate()?;
@@ -74,6 +83,11 @@ pub fn run(args: PodTemplateArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(yaml.as_bytes())?;
     out.flush()?;
+    let mut err = std::io::stderr().lock();
+    writeln!(err, "Submit with every setting the template relies on:")?;
+    for line in spark_submit(&template) {
+        writeln!(err, "  {line}")?;
+    }
     Ok(())
 }
 
@@ -105,6 +119,10 @@ mod tests {
             "4",
             "--volume",
             "work",
+            "--cpu",
+            "500m",
+            "--memory",
+            "1Gi",
             "--",
             "/app/run",
             "--flag",
@@ -121,6 +139,8 @@ mod tests {
                 native_sidecar: true,
                 user: 7000,
                 parallel: Some(4),
+                cpu: Some("500m".into()),
+                memory: Some("1Gi".into()),
                 command: vec!["/app/run".into(), "--flag".into()],
                 ..Default::default()
             }
