@@ -15,6 +15,11 @@ use crate::safepath::{self, PathError};
 /// The checksum algorithm's prefix in [`OutputFile::checksum`].
 pub const CHECKSUM_PREFIX: &str = "xxh3-64:";
 
+/// Bytes per read when checksumming: few enough that a chunk is still in
+/// the CPU's cache when it is hashed (a 1 MiB chunk is hashed from memory,
+/// a second pass over it), enough that the system calls are few.
+const CHUNK: usize = 128 << 10;
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ManifestError {
@@ -63,7 +68,7 @@ impl Checksum {
 pub fn checksum_file(path: &Path) -> Result<(u64, String), io::Error> {
     let mut f = File::open(path)?;
     let mut sum = Checksum::default();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; CHUNK];
     let mut n = 0u64;
     loop {
         let k = f.read(&mut buf)?;
@@ -185,10 +190,10 @@ impl VerifiedReader {
     pub fn open_verified(output_dir: &Path, entry: &OutputFile) -> Result<Self, ManifestError> {
         let mut reader = Self::open(output_dir, entry)?;
         reader.verify_rest()?;
-        reader.file.rewind().map_err(|source| ManifestError::Io {
-            path: PathBuf::from(&entry.path),
-            source,
-        })?;
+        reader
+            .file
+            .rewind()
+            .map_err(|source| reader.io_error(source))?;
         reader.sum = Checksum::default();
         reader.read = 0;
         Ok(reader)
@@ -198,15 +203,32 @@ impl VerifiedReader {
     /// goes: the bytes are returned only if they are exactly the listed
     /// ones. One read serves both the check and the decoding that follows.
     pub fn read_verified(mut self) -> Result<Vec<u8>, ManifestError> {
-        let cap = usize::try_from(self.entry.bytes).unwrap_or(usize::MAX);
-        let mut data = Vec::with_capacity(cap.saturating_add(1));
-        self.read_to_end(&mut data)
-            .map_err(|source| ManifestError::Io {
-                path: PathBuf::from(&self.entry.path),
-                source,
-            })?;
+        let limit = self.entry.bytes.saturating_add(1);
+        let mut data = Vec::with_capacity(usize::try_from(limit).unwrap_or(usize::MAX));
+        loop {
+            let step = limit.saturating_sub(self.read).min(CHUNK as u64);
+            let start = data.len();
+            // Straight into `data`'s spare capacity (no zeroing first), then
+            // hashed while the chunk is still in cache.
+            let n = (&self.file)
+                .take(step)
+                .read_to_end(&mut data)
+                .map_err(|source| self.io_error(source))?;
+            if n == 0 {
+                break;
+            }
+            self.sum.update(&data[start..]);
+            self.read += n as u64;
+        }
         self.verify_rest()?;
         Ok(data)
+    }
+
+    fn io_error(&self, source: io::Error) -> ManifestError {
+        ManifestError::Io {
+            path: PathBuf::from(&self.entry.path),
+            source,
+        }
     }
 
     /// Drains the rest and verifies size and checksum.
@@ -215,10 +237,12 @@ impl VerifiedReader {
     }
 
     fn verify_rest(&mut self) -> Result<(), ManifestError> {
-        io::copy(self, &mut io::sink()).map_err(|source| ManifestError::Io {
-            path: PathBuf::from(&self.entry.path),
-            source,
-        })?;
+        let mut buf = vec![0u8; CHUNK];
+        while self
+            .read(&mut buf)
+            .map_err(|source| self.io_error(source))?
+            > 0
+        {}
         if self.read != self.entry.bytes {
             return Err(ManifestError::SizeMismatch {
                 path: self.entry.path.clone(),

@@ -23,7 +23,26 @@ const KEYS: &[&str] = &[
     "file_mode_ratio",
     "stream_mode_ratio",
     "shim_peak_rss_mib",
+    // Added with the interleaved rounds, load and growth figures.
+    "handshake_ratio_min",
+    "handshake_ratio_max",
+    "task_overhead_ratio_min",
+    "task_overhead_p99_ratio",
+    "load_p1_tasks_s",
+    "load_p1_raw_tasks_s",
+    "load_p2_ratio",
+    "load_p8_tasks_s",
+    "load_p8_ratio",
+    "growth_10_p50_us",
+    "growth_1000_ratio",
+    "growth_10000_p50_us",
+    "growth_10000_ratio",
+    "file_mode_ratio_min",
+    "stream_mode_ratio_min",
 ];
+
+/// The smallest run that still takes every figure in two rounds.
+const SMALL: &[&str] = &["--rounds", "2", "--load-tasks", "10", "--growth-tasks", "4"];
 
 #[test]
 fn a_small_bench_prints_every_figure() {
@@ -32,9 +51,9 @@ fn a_small_bench_prints_every_figure() {
     );
     let volume = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_executor-shim"))
-        .args([
-            "bench", "--tasks", "50", "--size", "16MiB", "--json", "--volume",
-        ])
+        .args(["bench", "--tasks", "50", "--size", "16MiB", "--json"])
+        .args(SMALL)
+        .arg("--volume")
         .arg(volume.path())
         .arg("--entrypoint")
         .arg(&ep)
@@ -58,11 +77,24 @@ fn a_small_bench_prints_every_figure() {
         assert!(x > 0.0 && x.is_finite(), "{key} = {x} in {v}");
     }
     assert!(v["bytes"].as_u64().unwrap() >= 16 << 20, "{v}");
+    assert_eq!(v["rounds"], 2, "{v}");
+    // A spread is a spread: its median lies between its ends.
+    for figure in ["handshake_ratio", "file_mode_ratio", "load_p8_ratio"] {
+        let (lo, mid, hi) = (
+            v[format!("{figure}_min")].as_f64().unwrap(),
+            v[figure].as_f64().unwrap(),
+            v[format!("{figure}_max")].as_f64().unwrap(),
+        );
+        assert!(lo <= mid && mid <= hi, "{figure}: {lo} {mid} {hi}");
+    }
     for figure in [
         "handshake p50",
         "per-task overhead",
+        "tasks/s at --parallel 8",
+        "10000 task dirs present",
         "file mode",
         "stream mode",
+        "2 interleaved rounds",
     ] {
         assert!(stderr.contains(figure), "table lacks {figure:?}:\n{stderr}");
     }
@@ -80,7 +112,9 @@ fn without_json_the_table_comes_first_and_the_json_line_last() {
     let ep = entrypoint().expect("sidecar-entrypoint is not built beside executor-shim");
     let volume = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_executor-shim"))
-        .args(["bench", "--tasks", "10", "--size", "4MiB", "--volume"])
+        .args(["bench", "--tasks", "10", "--size", "4MiB"])
+        .args(SMALL)
+        .arg("--volume")
         .arg(volume.path())
         .arg("--entrypoint")
         .arg(&ep)
@@ -92,7 +126,7 @@ fn without_json_the_table_comes_first_and_the_json_line_last() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("| ratio |"), "{stdout}");
+    assert!(stdout.contains("| ratio (spread)"), "{stdout}");
     let last = stdout.lines().last().unwrap();
     let v: serde_json::Value = serde_json::from_str(last).unwrap();
     assert!(v["handshake_p50_us"].as_f64().unwrap() > 0.0);
