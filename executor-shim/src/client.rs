@@ -274,7 +274,8 @@ impl Health {
 #[derive(Clone, Copy, Debug)]
 pub struct TaskContext<'a> {
     pub volume: &'a Volume,
-    /// One watch may serve many concurrent tasks; each adds its directory.
+    /// The handle's watch: each task waits on a private watch made from it
+    /// ([`Watch::private`]), so a poke of this one wakes every task.
     pub watch: &'a Watch,
     pub health: &'a Health,
 }
@@ -319,6 +320,13 @@ where
     // Held until the task is closed: if this process dies, the sidecar
     // sees the lock go and stops the task (sidecar_core::owner).
     let _owner = OwnerLock::claim(&task)?;
+    // A watch of the task's own, so that the events of the other tasks in
+    // flight do not wake this one's waits (the shared one if none is left).
+    let own = ctx.watch.private();
+    let ctx = &TaskContext {
+        watch: own.as_deref().unwrap_or(ctx.watch),
+        ..*ctx
+    };
     let _unwatch = Unwatch::arm(ctx.watch, task.root())?;
     let run = Run::new(ctx, task, request);
     let result = if request.stream {

@@ -35,7 +35,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -191,6 +191,38 @@ pub struct Watch {
     book: Mutex<Book>,
     polling: AtomicBool,
     config: WatchConfig,
+    /// The watches lent by [`Watch::private`]: a poke reaches them too.
+    private: Mutex<Lent>,
+}
+
+/// The private watches of a [`Watch`]: every one made, and those idle.
+/// They are kept and lent again, never closed while the parent lives:
+/// closing an inotify instance waits for an RCU grace period, which would
+/// cost each task milliseconds.
+#[derive(Debug, Default)]
+struct Lent {
+    all: Vec<Arc<Watch>>,
+    idle: Vec<Arc<Watch>>,
+}
+
+/// A watch lent to one waiter by [`Watch::private`]; returned on drop.
+#[derive(Debug)]
+pub struct PrivateWatch<'a> {
+    parent: &'a Watch,
+    watch: Arc<Watch>,
+}
+
+impl std::ops::Deref for PrivateWatch<'_> {
+    type Target = Watch;
+    fn deref(&self) -> &Watch {
+        &self.watch
+    }
+}
+
+impl Drop for PrivateWatch<'_> {
+    fn drop(&mut self) {
+        self.parent.lent().idle.push(Arc::clone(&self.watch));
+    }
 }
 
 fn io_err(e: Errno) -> io::Error {
@@ -228,7 +260,46 @@ impl Watch {
             native,
             book: Mutex::new(Book::default()),
             config,
+            private: Mutex::default(),
         })
+    }
+
+    /// A watch of its own for one waiter (one task of many), so that events
+    /// in other waiters' directories do not wake it: with one shared watch,
+    /// every event wakes every waiting thread. [`Watch::poke`] on `self`
+    /// still reaches it. The waiter adds (and removes) its directories.
+    /// `None` when this watch polls, or no inotify instance is left: then
+    /// `self` serves, as before.
+    pub fn private(&self) -> Option<PrivateWatch<'_>> {
+        if self.is_polling() {
+            return None;
+        }
+        let idle = self.lent().idle.pop();
+        let watch = match idle {
+            Some(w) => w,
+            None => {
+                // Native, so that running out of instances is a `None`
+                // here, not a polling fallback; Auto once made, so that
+                // running out of watches polls instead of failing a task.
+                let native = WatchConfig {
+                    mode: WatchMode::Native,
+                    ..self.config
+                };
+                let mut own = Watch::new(native).ok()?;
+                own.config.mode = WatchMode::Auto;
+                let own = Arc::new(own);
+                self.lent().all.push(Arc::clone(&own));
+                own
+            }
+        };
+        Some(PrivateWatch {
+            parent: self,
+            watch,
+        })
+    }
+
+    fn lent(&self) -> MutexGuard<'_, Lent> {
+        self.private.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn book(&self) -> MutexGuard<'_, Book> {
@@ -325,6 +396,10 @@ impl Watch {
     /// learn of a change another way, e.g. a child process exiting).
     pub fn poke(&self) {
         self.shared.bump();
+        let private = self.lent().all.clone();
+        for w in private {
+            w.poke();
+        }
     }
 
     /// Reads every pending event without blocking; bumps the generation
@@ -633,6 +708,49 @@ mod tests {
             wait_for_file(&w, &flag, Some(Instant::now() + Duration::from_secs(10))).unwrap();
             t.join().unwrap();
         }
+    }
+
+    /// A private watch hears only its own directories, and a poke of the
+    /// watch it came from: one task's events do not wake another's waiter.
+    #[test]
+    fn a_private_watch_hears_its_own_directory_and_its_parents_pokes() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let shared = Watch::new(WatchConfig::default()).unwrap();
+        let own = shared.private().expect("an inotify instance");
+        own.add(a.path()).unwrap();
+        shared.add(b.path()).unwrap();
+        let seen = settled(&own);
+        std::fs::write(b.path().join("done_flag"), b"").unwrap();
+        own.wait_changed(seen, Duration::from_millis(100));
+        assert_eq!(own.generation(), seen, "woken by another directory");
+        std::fs::write(a.path().join("done_flag"), b"").unwrap();
+        own.wait_changed(seen, Duration::from_secs(10));
+        let after = own.generation();
+        assert_ne!(after, seen, "its own directory's event was missed");
+        shared.poke();
+        assert_ne!(
+            own.generation(),
+            after,
+            "the parent's poke did not reach it"
+        );
+        drop(own);
+        let again = shared.private().expect("an inotify instance");
+        assert_eq!(
+            shared.lent().all.len(),
+            1,
+            "a returned private watch is lent again, not remade"
+        );
+        drop(again);
+    }
+
+    #[test]
+    fn a_polling_watch_has_no_private_ones() {
+        let shared = Watch::new(WatchConfig {
+            mode: WatchMode::Poll,
+            poll: Duration::from_millis(5),
+        })
+        .unwrap();
+        assert!(shared.private().is_none());
     }
 
     #[test]

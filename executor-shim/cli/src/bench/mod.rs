@@ -224,7 +224,7 @@ fn pair<A, B>(
     ours: impl FnOnce() -> anyhow::Result<A>,
     base: impl FnOnce() -> anyhow::Result<B>,
 ) -> anyhow::Result<(A, B)> {
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         let o = ours()?;
         Ok((o, base()?))
     } else {
@@ -537,8 +537,14 @@ mod tests {
             let log = std::cell::RefCell::new(Vec::new());
             pair(
                 round,
-                || Ok(log.borrow_mut().push("ours")),
-                || Ok(log.borrow_mut().push("base")),
+                || {
+                    log.borrow_mut().push("ours");
+                    Ok(())
+                },
+                || {
+                    log.borrow_mut().push("base");
+                    Ok(())
+                },
             )
             .unwrap();
             order.push(log.into_inner().join(","));
