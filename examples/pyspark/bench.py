@@ -3,6 +3,7 @@
 
     python3 examples/pyspark/bench.py                    # 10 million rows, local[2], 3 runs each
     python3 examples/pyspark/bench.py --rows 1000000 --runs 3
+    python3 examples/pyspark/bench.py --master 'local-cluster[2,1,1024]'   # two executor JVMs
 
 The data: `--rows` rows of (id long, value double, s string of 16
 characters), generated once and cached in Spark's memory in `--partitions`
@@ -35,7 +36,8 @@ def main():
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--runs", type=int, default=3, help="timed runs per case (after one warm-up)")
     ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--master", default="local[2]")
+    ap.add_argument("--master", default="local[2]",
+                    help="local[2], or local-cluster[2,1,1024] for two executor JVMs (separate processes)")
     ap.add_argument("--cases", default="identity,file,stream,pipe",
                     help="comma-separated subset of identity,file,stream,pipe")
     ap.add_argument("--driver-memory", default="4g")
@@ -57,6 +59,8 @@ def main():
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.memory", args.driver_memory)
         .config("spark.sql.shuffle.partitions", str(args.partitions))
+        # A local cluster's executors connect back to the driver: loopback.
+        .config("spark.driver.host", "127.0.0.1")
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("ERROR")
