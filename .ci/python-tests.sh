@@ -6,6 +6,7 @@
 #   .ci/python-tests.sh                  # debug builds (reuses `cargo test`'s artifacts)
 #   PROFILE=release .ci/python-tests.sh  # optimised builds (what examples/pyspark/bench.py wants)
 #   .ci/python-tests.sh -k stream        # extra arguments go to pytest
+#   .ci/python-tests.sh --install-only   # build and install sidecar_shim into .venv/, no tests
 #
 # Needs: cargo and Java for Spark. The Python packages (scripts/requirements.txt)
 # and the wheel go into the project's virtual environment .venv/, made from
@@ -16,6 +17,11 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 profile="${PROFILE:-debug}"
+install_only=false
+if [[ "${1:-}" == --install-only ]]; then
+    install_only=true
+    shift
+fi
 # One target dir for everything: CI has 2 cores, rebuilding the
 # dependencies for the wheel would double the build time.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
@@ -56,6 +62,11 @@ rm -f "$wheels"/sidecar_shim-*.whl
 wheel="$(ls -t "$wheels"/sidecar_shim-*.whl | head -n 1)"
 log "installing $wheel into $VENV_DIR"
 "$python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$wheel" >&2
+
+if $install_only; then
+    log "sidecar_shim is installed in $VENV_DIR (sidecar-entrypoint bundled)"
+    exit 0
+fi
 
 export SIDECAR_ENTRYPOINT="$entrypoint"
 log "running pytest (SIDECAR_ENTRYPOINT=$SIDECAR_ENTRYPOINT, PYSPARK_PYTHON=$PYSPARK_PYTHON)"
