@@ -6,17 +6,22 @@
 #   .ci/python-tests.sh                  # debug builds (reuses `cargo test`'s artifacts)
 #   PROFILE=release .ci/python-tests.sh  # optimised builds (what examples/pyspark/bench.py wants)
 #   .ci/python-tests.sh -k stream        # extra arguments go to pytest
+#   .ci/python-tests.sh --install-only   # build and install sidecar_shim into .venv/, no tests
 #
-# Needs: cargo, python3 with `pip install pyspark pyarrow maturin pytest
-# kubernetes-validate` (pandas and kubernetes-validate too: installed here if
-# missing), Java for Spark. Docker is optional (the docker provider test is skipped
-# when the image sidecar-foundry-dd:latest is absent).
+# Needs: cargo and Java for Spark. The Python packages (scripts/requirements.txt)
+# and the wheel go into the project's virtual environment .venv/, made from
+# ${PYTHON:-python3} if missing (scripts/env.sh). Docker is optional (the docker
+# provider test is skipped when the image sidecar-foundry-dd:latest is absent).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-python="${PYTHON:-python3}"
 profile="${PROFILE:-debug}"
+install_only=false
+if [[ "${1:-}" == --install-only ]]; then
+    install_only=true
+    shift
+fi
 # One target dir for everything: CI has 2 cores, rebuilding the
 # dependencies for the wheel would double the build time.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
@@ -29,19 +34,11 @@ case "$profile" in
     *) log "PROFILE must be debug or release, not $profile"; exit 2 ;;
 esac
 
-# PySpark's mapInArrow goes through its pandas-UDF machinery, which refuses
-# to run without pandas (even though no pandas object is ever made).
-if ! "$python" -c 'import pandas' 2>/dev/null; then
-    log "installing pandas (PySpark's mapInArrow requires it)"
-    "$python" -m pip install --quiet 'pandas>=2.2,<3' >&2
-fi
-
-# The pod-template test validates against the Kubernetes schemas this
-# package bundles (offline).
-if ! "$python" -c 'import kubernetes_validate' 2>/dev/null; then
-    log "installing kubernetes-validate (the pod-template schema test needs it)"
-    "$python" -m pip install --quiet kubernetes-validate >&2
-fi
+# The interpreter of .venv/, with every package the tests need; exports
+# PYSPARK_PYTHON so that Spark's workers use it too.
+. "$root/scripts/env.sh"
+venv_ready
+python="$VENV_PYTHON"
 
 log "building sidecar-entrypoint and executor-shim ($profile)"
 cargo build -p sidecar-entrypoint -p executor-shim-cli "${cargo_profile[@]}" >&2
@@ -63,12 +60,16 @@ rm -f "$wheels"/sidecar_shim-*.whl
 "$python" -m maturin build "${maturin_profile[@]}" \
     -m executor-shim/python/Cargo.toml -i "$python" -o "$wheels" >&2
 wheel="$(ls -t "$wheels"/sidecar_shim-*.whl | head -n 1)"
-log "installing $wheel"
-"$python" -m pip install --quiet --force-reinstall --no-deps "$wheel" >&2
+log "installing $wheel into $VENV_DIR"
+"$python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$wheel" >&2
+
+if $install_only; then
+    log "sidecar_shim is installed in $VENV_DIR (sidecar-entrypoint bundled)"
+    exit 0
+fi
 
 export SIDECAR_ENTRYPOINT="$entrypoint"
-export PYSPARK_PYTHON="$("$python" -c 'import sys; print(sys.executable)')"
-log "running pytest (SIDECAR_ENTRYPOINT=$SIDECAR_ENTRYPOINT)"
+log "running pytest (SIDECAR_ENTRYPOINT=$SIDECAR_ENTRYPOINT, PYSPARK_PYTHON=$PYSPARK_PYTHON)"
 # Run from tests/python so conftest.py is importable and the installed
 # package (not the source tree) is the one tested.
 cd "$root/tests/python"

@@ -2,9 +2,9 @@
 """A PySpark job that enriches taxi trips with a command-line tool running in
 the sidecar, then aggregates them in Spark.
 
-    python3 examples/pyspark/job.py                       # examples/sample/trips.csv, local[2]
-    python3 examples/pyspark/job.py --image sidecar-foundry-dd:latest
-    python3 examples/pyspark/job.py --input trips.csv --partitions 8 --output /tmp/enriched
+    .venv/bin/python examples/pyspark/job.py              # examples/sample/trips.csv, local[2]
+    .venv/bin/python examples/pyspark/job.py --image sidecar-foundry-dd:latest
+    .venv/bin/python examples/pyspark/job.py --input trips.csv --partitions 8 --output /tmp/enriched
 
 The sidecar logic is plain awk over CSV (the kind of legacy tool that lives
 in its own container): it adds the average speed, the tip as a percentage of
@@ -13,10 +13,12 @@ partitions, sends each partition through the sidecar with mapInArrow, and
 computes per-zone statistics from the enriched rows. `--check` recomputes the
 enrichment in Spark alone and compares.
 
-Needs: pyspark, pyarrow, the sidecar_shim package (`.ci/python-tests.sh`
-builds and installs it, or `maturin develop -m executor-shim/python/Cargo.toml`),
-and sidecar-entrypoint (`cargo build -p sidecar-entrypoint --release`, found
-via $SIDECAR_ENTRYPOINT or PATH) unless --image or --volume is given.
+Needs: pyspark, pyarrow and the sidecar_shim package, all in the project's
+virtual environment .venv/ after `bash .ci/python-tests.sh --install-only`
+(its wheel bundles sidecar-entrypoint). With `maturin develop -m
+executor-shim/python/Cargo.toml` instead, sidecar-entrypoint (`cargo build -p
+sidecar-entrypoint --release`) is found via $SIDECAR_ENTRYPOINT or PATH;
+with --image or --volume no local sidecar-entrypoint is needed.
 """
 
 import argparse
