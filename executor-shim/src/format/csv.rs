@@ -268,6 +268,53 @@ impl Lexer {
         true
     }
 
+    /// The byte after `""` at a field's start.
+    fn after_empty_quotes(&mut self, b: u8, out: &mut Vec<u8>) -> bool {
+        match b {
+            b',' | b'\n' | b'\r' => {
+                self.empty_quoted(out);
+                self.separator(b, out);
+                true
+            }
+            b'"' => {
+                // `"""`: the value starts with an escaped quote.
+                out.push(b'"');
+                self.value(b"\"", out);
+                out.push(b'"');
+                self.state = Lex::Quoted;
+                true
+            }
+            _ => {
+                // `""x`: arrow's tokenizer reads x on; so do we.
+                out.extend_from_slice(b"\"\"");
+                self.state = Lex::Unquoted;
+                false
+            }
+        }
+    }
+
+    /// The byte after a quote inside a quoted value: an escaped quote, the
+    /// field's end, or more of the value.
+    fn after_closing_quote(&mut self, b: u8, out: &mut Vec<u8>) -> io::Result<bool> {
+        out.push(b'"');
+        Ok(match b {
+            b'"' => {
+                self.value(b"\"", out);
+                self.state = Lex::Quoted;
+                true
+            }
+            b',' | b'\n' | b'\r' => {
+                self.end_value()?;
+                self.separator(b, out);
+                true
+            }
+            _ => {
+                self.state = Lex::Unquoted;
+                false
+            }
+        })
+    }
+
     /// Processes `input`, appending the marked bytes to `out`.
     fn process(&mut self, input: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
         let mut i = 0;
@@ -298,27 +345,7 @@ impl Lexer {
                     self.state = Lex::Quoted;
                     false
                 }
-                Lex::EmptyQuoted => match b {
-                    b',' | b'\n' | b'\r' => {
-                        self.empty_quoted(out);
-                        self.separator(b, out);
-                        true
-                    }
-                    b'"' => {
-                        // `"""`: the value starts with an escaped quote.
-                        out.push(b'"');
-                        self.value(b"\"", out);
-                        out.push(b'"');
-                        self.state = Lex::Quoted;
-                        true
-                    }
-                    _ => {
-                        // `""x`: arrow's tokenizer reads x on; so do we.
-                        out.extend_from_slice(b"\"\"");
-                        self.state = Lex::Unquoted;
-                        false
-                    }
-                },
+                Lex::EmptyQuoted => self.after_empty_quotes(b, out),
                 Lex::Quoted => {
                     let run = input[i..]
                         .iter()
@@ -332,25 +359,7 @@ impl Lexer {
                     self.state = Lex::QuotedQuote;
                     true
                 }
-                Lex::QuotedQuote => {
-                    out.push(b'"');
-                    match b {
-                        b'"' => {
-                            self.value(b"\"", out);
-                            self.state = Lex::Quoted;
-                            true
-                        }
-                        b',' | b'\n' | b'\r' => {
-                            self.end_value()?;
-                            self.separator(b, out);
-                            true
-                        }
-                        _ => {
-                            self.state = Lex::Unquoted;
-                            false
-                        }
-                    }
-                }
+                Lex::QuotedQuote => self.after_closing_quote(b, out)?,
             };
             if consumed {
                 i += 1;
