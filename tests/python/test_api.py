@@ -180,28 +180,54 @@ def test_shutdown_all_releases_started_sidecars(entrypoint, tmp_path):
     assert sidecar_processes(root) == []
 
 
+_DEAD_EXECUTOR = """
+import os, signal, sys
+import pyarrow as pa
+import sidecar_shim
+fn = sidecar_shim.map_in_arrow(volume_root=sys.argv[1], command=%r, lease_timeout=%r)
+list(fn(iter([pa.record_batch({"id": pa.array([1], pa.int64())})])))
+print(sorted(os.listdir(sys.argv[1]))[0], flush=True)
+signal.pause()
+"""
+
+
 def test_volumes_of_dead_executors_are_collected(entrypoint, tmp_path):
+    """An executor that dies (SIGKILL, as Spark kills a lost executor) leaves
+    its volume; its sidecar exits on its own, and the next executor process
+    on the same root removes the volume. Volumes that nothing marks as a
+    launched sidecar's, and live ones, are left alone."""
+    import signal
+    import subprocess
+
     root = str(tmp_path)
-    parent = sidecar_shim._proc_stat(os.getppid())
-    dead = os.path.join(root, "jvm999999999-12345-aaaaaaaaaaaa")
-    dead_but_beating = os.path.join(root, "jvm999999998-12345-bbbbbbbbbbbb")
-    alive = os.path.join(root, f"jvm{os.getppid()}-{parent[2]}-cccccccccccc")
+    dead = subprocess.Popen(
+        [sys.executable, "-c", _DEAD_EXECUTOR % (CAT, LEASE_TIMEOUT), root],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        name = dead.stdout.readline().strip()
+    finally:
+        dead.send_signal(signal.SIGKILL)
+        dead.wait()
+    assert name.startswith("py"), f"the dead executor printed {name!r}"
+    dead_volume = os.path.join(root, name)
+    deadline = time.monotonic() + 10
+    while sidecar_processes(dead_volume) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not sidecar_processes(dead_volume), "the dead executor's sidecar still runs"
+    unmarked = os.path.join(root, "jvm999999999-12345-aaaaaaaaaaaa")
     foreign = os.path.join(root, "not-a-volume")
-    for d in (dead, dead_but_beating, alive, foreign):
+    for d in (unmarked, foreign):
         os.makedirs(os.path.join(d, "sidecar"))
-    old = time.time() - 3600
-    with open(os.path.join(dead, "sidecar", "heartbeat"), "w") as f:
-        f.write("1")
-    os.utime(os.path.join(dead, "sidecar", "heartbeat"), (old, old))
-    with open(os.path.join(dead_but_beating, "sidecar", "heartbeat"), "w") as f:
-        f.write("1")
 
     list(shim(root, command=CAT, parallel=2)(iter(batches(1))))
 
-    assert not os.path.exists(dead)
-    assert os.path.exists(dead_but_beating)  # its sidecar may still be draining
-    assert os.path.exists(alive)
+    assert not os.path.exists(dead_volume)
+    assert os.path.exists(unmarked)  # no users lock: not known to be a launched sidecar's
     assert os.path.exists(foreign)
+    mine = [n for n in os.listdir(root) if n.startswith(("py", "jvm")) and n != os.path.basename(unmarked)]
+    assert len(mine) == 1, mine  # this process's own volume, in use
 
 
 def test_a_dead_sidecar_is_replaced_for_the_next_task(entrypoint, tmp_path):

@@ -138,6 +138,10 @@ def executor_pid(key):
 
 
 def test_a_killed_executor_leaves_the_right_result_and_no_sidecar(cluster_spark, volume_root, marks):
+    # A root of its own: the session's executors still hold the sidecars of
+    # earlier tests' configurations, which are not this test's to count.
+    volume_root = os.path.join(volume_root, "killed-executor")
+    os.makedirs(volume_root, mode=0o700, exist_ok=True)
     logic = [
         "sh",
         "-c",
