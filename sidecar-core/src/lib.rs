@@ -103,6 +103,7 @@
 //! ```
 
 pub mod atomic;
+pub mod beneath;
 pub mod files;
 pub mod id;
 pub mod layout;
