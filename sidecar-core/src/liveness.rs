@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::atomic::{write_atomic, AtomicError, Durability};
+use crate::beneath::Beneath;
 use crate::record::Timestamp;
 
 /// The default interval between heartbeats (and lease renewals).
@@ -39,6 +40,16 @@ const MAX_PULSE_BYTES: u64 = 4096;
 /// Reads a pulse file safely (no links followed, no FIFO blocking, bounded).
 pub fn read_pulse(path: &Path) -> Option<Vec<u8>> {
     crate::record::read_regular_bounded(path, MAX_PULSE_BYTES).ok()
+}
+
+/// [`read_pulse`] of a pulse on the volume `root`, resolved from the root
+/// without following a link in any component (`sidecar/` included).
+pub fn read_pulse_beneath(root: &Beneath, path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let file = root.open_regular(path).ok()?;
+    let mut buf = Vec::new();
+    file.take(MAX_PULSE_BYTES + 1).read_to_end(&mut buf).ok()?;
+    (buf.len() as u64 <= MAX_PULSE_BYTES).then_some(buf)
 }
 
 /// Writes one pulse.
@@ -145,6 +156,8 @@ pub enum Liveness {
 #[derive(Debug)]
 pub struct Monitor {
     path: PathBuf,
+    /// When set, the pulse is read through it ([`read_pulse_beneath`]).
+    volume: Option<Beneath>,
     stale_after: Duration,
     last: Option<Vec<u8>>,
     last_change: Instant,
@@ -154,13 +167,22 @@ impl Monitor {
     /// Starts monitoring at `now`; the peer has `stale_after` from now to
     /// show a first (or changed) pulse.
     pub fn new(path: PathBuf, stale_after: Duration, now: Instant) -> Self {
-        let last = std::fs::read(&path).ok();
+        let last = read_pulse(&path);
         Self {
             path,
+            volume: None,
             stale_after,
             last,
             last_change: now,
         }
+    }
+
+    /// Reads the pulse from the volume `root` without following a link in
+    /// any component: a `sidecar/` swapped for a link reads as no pulse.
+    pub fn beneath(mut self, root: Beneath) -> Self {
+        self.last = read_pulse_beneath(&root, &self.path);
+        self.volume = Some(root);
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -173,7 +195,10 @@ impl Monitor {
 
     /// Reads the file and judges liveness at `now`.
     pub fn observe(&mut self, now: Instant) -> Liveness {
-        let current = read_pulse(&self.path);
+        let current = match &self.volume {
+            Some(root) => read_pulse_beneath(root, &self.path),
+            None => read_pulse(&self.path),
+        };
         self.observe_content(current, now)
     }
 
