@@ -17,13 +17,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::atomic::{write_atomic, write_atomic_beneath, AtomicError, Durability};
-use crate::beneath::Beneath;
+use crate::beneath::{Beneath, Kind};
 use crate::id::TaskId;
 use crate::layout::{TaskDir, Volume, CANCEL_FLAG, CLOSE_FLAG, DONE_FLAG, START_FLAG};
 use crate::manifest::{self, ManifestError};
 use crate::owner::OwnerProbe;
 use crate::protocol::{Event, FlagWriter, ProtocolError, Reject, Waiter};
 use crate::record::{read_flag_beneath, Outcome, OutputFile, RecordError, Status, TaskSpec};
+use crate::safepath::PathError;
 use crate::state::{transition, StateError, TaskEvent, TaskState};
 use crate::wait::{WaitError, Watch};
 
@@ -82,6 +83,19 @@ impl TaskFiles {
     /// replaced by something that is not a real directory (a link).
     pub fn gone(&self) -> bool {
         self.owns_dir && !self.volume.is_dir(&self.dir)
+    }
+    /// Why the task's directory is unusable: replaced by a link (named),
+    /// or gone.
+    fn gone_error(&self, task: &TaskId) -> ProtocolError {
+        match self.volume.kind(&self.dir) {
+            Ok(Some(Kind::Symlink)) => ProtocolError::Refused {
+                task: task.clone(),
+                source: PathError::Symlink {
+                    path: self.dir.clone(),
+                },
+            },
+            _ => ProtocolError::Gone { task: task.clone() },
+        }
     }
     pub fn start_flag(&self) -> PathBuf {
         self.dir.join(START_FLAG)
@@ -270,7 +284,7 @@ impl FlagWriter for FileFlags {
 
     fn write_done(&self, task: &TaskId, outcome: &Outcome) -> Result<(), ProtocolError> {
         if self.files.gone() {
-            return Err(ProtocolError::Gone { task: task.clone() });
+            return Err(self.files.gone_error(task));
         }
         let path = self.files.done_flag();
         let volume = &self.files.volume;

@@ -35,6 +35,19 @@ pub enum PathError {
     },
 }
 
+impl PathError {
+    /// The path refused.
+    pub fn path(&self) -> &Path {
+        match self {
+            PathError::Invalid { path, .. } => Path::new(path),
+            PathError::Symlink { path }
+            | PathError::NotRegular { path, .. }
+            | PathError::HardLinked { path, .. }
+            | PathError::Io { path, .. } => path,
+        }
+    }
+}
+
 /// Checks that `rel` is a plain relative path: not empty, not absolute, no
 /// `..`, no `.` components, no NUL, no empty components, no dot-file names.
 pub fn validate_relative(rel: &str) -> Result<&Path, PathError> {
