@@ -475,7 +475,7 @@ fn the_sidecar_fails_a_task_whose_output_is_a_link_and_removes_only_the_link() {
         let o = sc.done(&t, DONE);
         assert_eq!(o.status, Status::Failed, "{id}: {o:?}");
         let reason = o.reason.clone().unwrap_or_default();
-        let named = sc.volume.root().join(&link).display().to_string();
+        let named = sc.volume.root().join(link).display().to_string();
         assert!(
             reason.contains(&named) && reason.contains("symbolic link"),
             "{id}: reason {reason:?} does not name {named}"
