@@ -21,8 +21,8 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
 use sidecar_core::atomic;
-use sidecar_core::liveness::{read_pulse, Beater};
-use sidecar_core::record::{read_flag, RecordError};
+use sidecar_core::liveness::{read_pulse_beneath, Beater};
+use sidecar_core::record::{read_flag_beneath, RecordError};
 use sidecar_core::wait::{Watch, WatchConfig, DEFAULT_POLL};
 use sidecar_core::{Ready, Volume};
 
@@ -522,7 +522,8 @@ fn wait_ready(
     };
     watch.add(&watched)?;
     let path = vol.ready();
-    let first = read_pulse(&vol.heartbeat());
+    let beneath = vol.beneath();
+    let first = read_pulse_beneath(&beneath, &vol.heartbeat());
     let not_ready = |detail: String| ShimError::NotReady {
         volume: vol.root().to_owned(),
         waited: start.elapsed(),
@@ -532,9 +533,9 @@ fn wait_ready(
         &path.display().to_string(),
         Some(start + opts.ready_timeout),
         || {
-            if let Some(ready) = read_ready(&path)? {
-                let changed =
-                    read_pulse(&vol.heartbeat()).is_some_and(|p| Some(&p) != first.as_ref());
+            if let Some(ready) = read_ready(vol, &path)? {
+                let changed = read_pulse_beneath(&beneath, &vol.heartbeat())
+                    .is_some_and(|p| Some(&p) != first.as_ref());
                 if fresh || changed {
                     return Ok(Some(ready));
                 }
@@ -570,9 +571,10 @@ fn wait_ready(
     })
 }
 
-/// The ready record, if there is one yet.
-fn read_ready(path: &Path) -> Result<Option<Ready>, ShimError> {
-    match read_flag(path, "ready record") {
+/// The ready record, if there is one yet; read from the volume root,
+/// never through a link.
+fn read_ready(vol: &Volume, path: &Path) -> Result<Option<Ready>, ShimError> {
+    match read_flag_beneath(&vol.beneath(), path, "ready record") {
         Ok(bytes) => Ok(Some(Ready::parse(&bytes, path)?)),
         Err(RecordError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             Ok(None)
@@ -595,15 +597,15 @@ fn live_sidecar(vol: &Volume, opts: &SidecarOptions, users: &File) -> Option<Rea
             return None;
         }
     }
-    let ready = read_ready(&vol.ready()).ok()??;
-    let hb = vol.heartbeat();
-    let first = read_pulse(&hb)?;
+    let ready = read_ready(vol, &vol.ready()).ok()??;
+    let (hb, beneath) = (vol.heartbeat(), vol.beneath());
+    let first = read_pulse_beneath(&beneath, &hb)?;
     // Judging a slow sidecar dead would start a second one on the volume:
     // give it the whole staleness bound (a live one beats much sooner).
     let deadline = Instant::now() + opts.stale_after;
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(25));
-        if read_pulse(&hb).is_some_and(|now| now != first) {
+        if read_pulse_beneath(&beneath, &hb).is_some_and(|now| now != first) {
             return Some(ready);
         }
     }
