@@ -190,7 +190,10 @@ impl FileFlags {
     /// The flags of `files`, waited for through `watch` (which must watch
     /// their directory), until `stop` is raised.
     pub fn new(files: TaskFiles, watch: Arc<Watch>, stop: Stop) -> Self {
-        let owner = files.owner.as_deref().and_then(OwnerProbe::open_path);
+        let owner = files
+            .owner
+            .as_deref()
+            .and_then(|o| OwnerProbe::open_beneath(&files.volume, o));
         Self {
             files,
             watch,
