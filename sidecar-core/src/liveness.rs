@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::atomic::{write_atomic, AtomicError, Durability};
+use crate::atomic::{write_atomic, write_atomic_beneath, AtomicError, Durability};
 use crate::beneath::Beneath;
 use crate::record::Timestamp;
 
@@ -59,25 +59,52 @@ pub fn read_pulse_beneath(root: &Beneath, path: &Path) -> Option<Vec<u8>> {
 /// content to change, and a reader that catches a half-written pulse still
 /// sees a change.
 pub fn beat(path: &Path, seq: u64) -> Result<(), AtomicError> {
+    let bytes = pulse_bytes(seq);
+    match write_atomic(path, &bytes, Durability::Visible) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(path);
+            f.and_then(|f| rewrite_in_place(f, &bytes)).map_err(|_| e)
+        }
+    }
+}
+
+/// [`beat`] on the volume `root`: the pulse's directory is resolved from
+/// the root without following a link, so a `sidecar/` or `executor/`
+/// swapped for a link is refused, never written through.
+pub fn beat_beneath(root: &Beneath, path: &Path, seq: u64) -> Result<(), AtomicError> {
+    let bytes = pulse_bytes(seq);
+    match write_atomic_beneath(root, path, &bytes, Durability::Visible) {
+        Ok(()) => Ok(()),
+        Err(e @ AtomicError::Refused { .. }) => Err(e),
+        Err(e) => {
+            let flags = libc::O_WRONLY | libc::O_NONBLOCK;
+            let f = root
+                .parent(path)
+                .and_then(|(dir, name)| dir.open_file(name, flags, 0));
+            match f {
+                Ok(f) => rewrite_in_place(f, &bytes).map_err(|_| e),
+                Err(_) => Err(e),
+            }
+        }
+    }
+}
+
+fn pulse_bytes(seq: u64) -> Vec<u8> {
     let pulse = Pulse {
         seq,
         pid: std::process::id(),
         at: Timestamp::now(),
     };
-    let bytes = serde_json::to_vec(&pulse).unwrap_or_default();
-    match write_atomic(path, &bytes, Durability::Visible) {
-        Ok(()) => Ok(()),
-        Err(e) => rewrite_in_place(path, &bytes).map_err(|_| e),
-    }
+    serde_json::to_vec(&pulse).unwrap_or_default()
 }
 
-fn rewrite_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+fn rewrite_in_place(mut f: std::fs::File, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
     if !f.metadata()?.file_type().is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
@@ -97,7 +124,24 @@ impl Beater {
     /// `interval` in a background thread. Errors after the first are logged
     /// and retried: a momentarily full volume must not kill liveness.
     pub fn start(path: PathBuf, interval: Duration) -> Result<Self, AtomicError> {
-        beat(&path, 0)?;
+        Self::start_with(move |seq| beat(&path, seq), interval)
+    }
+
+    /// [`Beater::start`] for a pulse on the volume `root`, written through
+    /// [`beat_beneath`]: never through a link.
+    pub fn start_beneath(
+        root: Beneath,
+        path: PathBuf,
+        interval: Duration,
+    ) -> Result<Self, AtomicError> {
+        Self::start_with(move |seq| beat_beneath(&root, &path, seq), interval)
+    }
+
+    fn start_with(
+        beat: impl Fn(u64) -> Result<(), AtomicError> + Send + 'static,
+        interval: Duration,
+    ) -> Result<Self, AtomicError> {
+        beat(0)?;
         let stop = Arc::new(AtomicBool::new(false));
         let s = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
@@ -109,7 +153,7 @@ impl Beater {
                     if s.load(Ordering::SeqCst) {
                         break;
                     }
-                    if let Err(e) = beat(&path, seq) {
+                    if let Err(e) = beat(seq) {
                         tracing::warn!("{e}");
                     }
                     seq += 1;

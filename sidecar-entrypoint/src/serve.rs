@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use sidecar_core::atomic::{write_atomic, Durability};
+use sidecar_core::atomic::{write_atomic_beneath, Durability};
 use sidecar_core::files::{FileFlags, StopSender, TaskFiles};
 use sidecar_core::id::TaskId;
 use sidecar_core::layout::{self, TaskDir, Volume};
@@ -96,13 +96,12 @@ async fn run_inner(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> anyhow::Resul
     }
     // A ready record from an earlier sidecar must not announce this one
     // before its init scripts ran.
-    match std::fs::remove_file(volume.ready()) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot remove {}", volume.ready().display()))
-        }
-    }
+    // From the volume root: a `sidecar/` that is a link is refused, and
+    // nothing behind it is removed.
+    volume
+        .beneath()
+        .remove_all(&volume.ready())
+        .with_context(|| format!("cannot remove {}", volume.ready().display()))?;
     let env = vec![(OsString::from("SHARED_DIR"), root.clone().into_os_string())];
     if let Err(e) = crate::init::run_all(ctx, &args.init_scripts, &env).await {
         return Ok(End::InitFailed(e.into()));
@@ -120,8 +119,8 @@ async fn run_inner(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> anyhow::Resul
             .add(dir)
             .with_context(|| format!("cannot watch {}", dir.display()))?;
     }
-    let beater =
-        Beater::start(volume.heartbeat(), args.heartbeat).context("cannot start the heartbeat")?;
+    let beater = Beater::start_beneath(volume.beneath(), volume.heartbeat(), args.heartbeat)
+        .context("cannot start the heartbeat")?;
     let ready = Ready {
         protocol: sidecar_core::record::PROTOCOL_VERSION,
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -130,7 +129,12 @@ async fn run_inner(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> anyhow::Resul
         started_at: Timestamp::now(),
     };
     let bytes = serde_json::to_vec(&ready).context("cannot encode the ready record")?;
-    write_atomic(&volume.ready(), &bytes, Durability::Visible)?;
+    write_atomic_beneath(
+        &volume.beneath(),
+        &volume.ready(),
+        &bytes,
+        Durability::Visible,
+    )?;
     tracing::info!(volume = %root.display(), parallel, command = %cmd.shown, polling = watch.is_polling(), "serving");
 
     let server = Arc::new(Server {

@@ -135,7 +135,7 @@ impl Sidecar {
         let users = locks::open_unlocked(&vol.users_lock())?;
         if let Some(ready) = live_sidecar(&vol, &opts, &users) {
             locks::flock(&users, libc::LOCK_SH, wait, &vol.users_lock())?;
-            let lease = Beater::start(vol.lease(), opts.lease_interval)?;
+            let lease = Beater::start_beneath(vol.beneath(), vol.lease(), opts.lease_interval)?;
             let record = OwnerRecord::read(&vol).unwrap_or_default();
             tracing::info!(
                 "joining the sidecar (pid {}) already serving {}",
@@ -183,7 +183,7 @@ impl Sidecar {
     }
 
     fn attach(vol: Volume, watch: Watch, opts: SidecarOptions) -> Result<Self, ShimError> {
-        let lease = Beater::start(vol.lease(), opts.lease_interval)?;
+        let lease = Beater::start_beneath(vol.beneath(), vol.lease(), opts.lease_interval)?;
         let health = Health::new(&vol, opts.stale_after, None);
         let ready = wait_ready(&vol, &watch, &opts, None, false)?;
         Ok(Self::assemble(
@@ -210,7 +210,7 @@ impl Sidecar {
     ) -> Result<Self, ShimError> {
         clear_leftovers(&vol, &opts);
         // The lease is fresh before the sidecar starts watching it.
-        let lease = Beater::start(vol.lease(), opts.lease_interval)?;
+        let lease = Beater::start_beneath(vol.beneath(), vol.lease(), opts.lease_interval)?;
         let launched = Launched::spawn(&vol, &opts, provider)?;
         let health = Health::new(&vol, opts.stale_after, Some(launched.probe()));
         let ready = wait_ready(&vol, &watch, &opts, Some(launched.probe()), true)?;
@@ -409,8 +409,11 @@ fn clear_leftovers(vol: &Volume, opts: &SidecarOptions) {
             let _ = stop_sidecar(vol, &orphan, opts.grace());
         }
     }
+    // From the volume root: a `sidecar/` swapped for a link is refused,
+    // and nothing behind it is removed.
+    let beneath = vol.beneath();
     for stale in [vol.ready(), vol.heartbeat(), vol.close_flag()] {
-        let _ = std::fs::remove_file(stale);
+        let _ = beneath.remove_all(&stale);
     }
 }
 
