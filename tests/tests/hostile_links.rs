@@ -659,3 +659,30 @@ fn executor_shim_run_never_returns_rows_from_behind_a_linked_output_dir() {
     assert_eq!(canary.snapshot(), before, "the canary changed");
     sc.close(DONE);
 }
+
+/// `sidecar/` swapped for a link while the sidecar serves: its heartbeat
+/// is never written through the link (the canary gets no pulse), and the
+/// sidecar says why.
+#[test]
+fn the_sidecar_never_beats_through_a_linked_sidecar_dir() {
+    let s = Scratch::new("ls-beat");
+    let canary = Canary::new(&s);
+    let logic = hostile_logic(&s, &canary);
+    let sc = RawSidecar::serve(&s, "v", &SidecarArgs::default(), &[&logic]);
+    swap(&sc.volume.sidecar_dir(), &canary.path("sidecar"));
+    // Ten heartbeat intervals.
+    std::thread::sleep(Duration::from_millis(1000));
+    let pulses: Vec<_> = std::fs::read_dir(canary.path("sidecar"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(pulses.is_empty(), "written through the link: {pulses:?}");
+    let log = sc.log();
+    let named = sc.volume.sidecar_dir().display().to_string();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&named) && l.contains("symbolic link")),
+        "the log does not name the link {named}:\n{log}"
+    );
+}
