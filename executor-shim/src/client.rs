@@ -30,8 +30,8 @@
 //! failed task's output is never committed).
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -41,12 +41,14 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
 use sidecar_core::atomic::{self, Durability};
+use sidecar_core::beneath::Beneath;
 use sidecar_core::files::ExecutorFlags;
+use sidecar_core::layout;
 use sidecar_core::liveness::{Liveness, Monitor};
 use sidecar_core::manifest::VerifiedReader;
 use sidecar_core::owner::OwnerLock;
 use sidecar_core::record::{InputSpec, OutputSpec};
-use sidecar_core::safepath;
+use sidecar_core::safepath::{self, PathError};
 use sidecar_core::state::TaskState;
 use sidecar_core::wait::Watch;
 use sidecar_core::{Format, Outcome, Status, TaskDir, TaskId, TaskSpec, Volume, PROTOCOL_VERSION};
@@ -215,7 +217,8 @@ impl Health {
     ) -> Self {
         Self {
             monitor: Mutex::new((
-                Monitor::new(volume.heartbeat(), stale_after, Instant::now()),
+                Monitor::new(volume.heartbeat(), stale_after, Instant::now())
+                    .beneath(volume.beneath()),
                 None,
             )),
             volume: volume.clone(),
@@ -349,42 +352,29 @@ where
 
 /// Creates `tasks/<id>/{input,output}/`, removing a leftover of the same id
 /// first, all world-writable so a container user can write its output.
+/// Everything is made through directory descriptors from the volume root:
+/// a `tasks/` swapped for a link is refused, and a leftover that is a link
+/// is removed, never followed.
 fn prepare_task_dir(volume: &Volume, task: &TaskDir) -> Result<(), ShimError> {
-    let tasks = volume.tasks_dir();
-    match std::fs::symlink_metadata(&tasks) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            mkdir_open(&tasks, true)?;
+    let root = volume.beneath().dir(volume.root())?;
+    let tasks = OsStr::new(layout::TASKS_DIR);
+    let tasks = match root.mkdir(tasks, 0o777) {
+        Ok(dir) => dir,
+        // Made by a concurrent task or by the sidecar: left as it is.
+        Err(PathError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
+            root.open_dir(tasks)?
         }
-        Err(e) => return Err(ShimError::io(&tasks)(e)),
-        Ok(_) => {}
+        Err(e) => return Err(e.into()),
+    };
+    let id = OsStr::new(task.id().as_str());
+    if tasks.kind(id)?.is_some() {
+        tracing::info!("task {}: removing a leftover directory", task.id());
+        tasks.remove_all(id)?;
     }
-    safepath::ensure_real_dir(&tasks)?;
-    let root = task.root();
-    match std::fs::symlink_metadata(root) {
-        Ok(meta) if meta.is_dir() => {
-            tracing::info!("task {}: removing a leftover directory", task.id());
-            std::fs::remove_dir_all(root).map_err(ShimError::io(root))?;
-        }
-        Ok(_) => std::fs::remove_file(root).map_err(ShimError::io(root))?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(ShimError::io(root)(e)),
-    }
-    mkdir_open(root, false)?;
-    mkdir_open(&task.input(), false)?;
-    mkdir_open(&task.output(), false)?;
+    let dir = tasks.mkdir(id, 0o777)?;
+    dir.mkdir(OsStr::new(layout::INPUT_DIR), 0o777)?;
+    dir.mkdir(OsStr::new(layout::OUTPUT_DIR), 0o777)?;
     Ok(())
-}
-
-/// `mkdir` with mode 0777 regardless of the umask. `existing_ok` tolerates a
-/// directory that is already there (made by a concurrent task or by the
-/// sidecar), which is left as it is.
-pub(crate) fn mkdir_open(path: &Path, existing_ok: bool) -> Result<(), ShimError> {
-    match std::fs::create_dir(path) {
-        Ok(()) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
-            .map_err(ShimError::io(path)),
-        Err(e) if existing_ok && e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(ShimError::io(path)(e)),
-    }
 }
 
 /// Removes the task directory from the watch when the task ends.
@@ -452,6 +442,9 @@ struct Watched {
 struct Run<'c> {
     ctx: TaskContext<'c>,
     task: TaskDir,
+    /// Every path of the task is opened through this, from the volume
+    /// root, never through a link.
+    volume: Beneath,
     /// This side's flags, walking the task's state machine.
     flags: ExecutorFlags,
     request: TaskRequest,
@@ -466,6 +459,7 @@ impl<'c> Run<'c> {
         Self {
             started: Instant::now(),
             ctx: *ctx,
+            volume: task.beneath(),
             flags: ExecutorFlags::new(task.clone()),
             task,
             request: request.clone(),
@@ -617,8 +611,7 @@ impl<'c> Run<'c> {
 
     /// The end of the task's `stderr` file, read without following links.
     fn stderr_tail(&self) -> String {
-        let Ok(mut f) = safepath::open_beneath(self.task.root(), sidecar_core::layout::STDERR)
-        else {
+        let Ok(mut f) = self.volume.open_regular(&self.task.stderr()) else {
             return String::new();
         };
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -641,7 +634,8 @@ impl<'c> Run<'c> {
         // took it up, so the directory is ours to remove.
         let staged = self.flags.state() == TaskState::Staged;
         if staged || matches!(err, ShimError::SidecarExited { .. }) {
-            let _ = std::fs::remove_dir_all(self.task.root());
+            // A link left in its place is removed, never followed.
+            let _ = self.volume.remove_all(self.task.root());
             return;
         }
         if let Err(e) = self.flags.cancel() {
@@ -696,27 +690,28 @@ impl<'c> Run<'c> {
         let label = self.label(path);
         let mut failure = None;
         let mut stats = None;
-        let written = atomic::write_atomic_with(path, Durability::Visible, |file| {
-            let result = (|| {
-                let mut w =
-                    BatchWriter::new(self.request.input_format, schema, &mut *file, &label)?;
-                for batch in input {
-                    w.write(&batch.map_err(ShimError::Input)?)?;
-                    self.check_cancelled()?;
+        let written =
+            atomic::write_atomic_beneath_with(&self.volume, path, Durability::Visible, |file| {
+                let result = (|| {
+                    let mut w =
+                        BatchWriter::new(self.request.input_format, schema, &mut *file, &label)?;
+                    for batch in input {
+                        w.write(&batch.map_err(ShimError::Input)?)?;
+                        self.check_cancelled()?;
+                    }
+                    Ok::<_, ShimError>(w.finish()?)
+                })();
+                match result {
+                    Ok(s) => {
+                        stats = Some(s);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        Err(io::Error::other("staging failed"))
+                    }
                 }
-                Ok::<_, ShimError>(w.finish()?)
-            })();
-            match result {
-                Ok(s) => {
-                    stats = Some(s);
-                    Ok(())
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    Err(io::Error::other("staging failed"))
-                }
-            }
-        });
+            });
         if let Some(e) = failure {
             return Err(e);
         }
@@ -738,7 +733,7 @@ impl<'c> Run<'c> {
             let rel = safepath::validate_relative(&entry.path)?;
             if entry.bytes == 0 {
                 // Still opened: a link or a special file is refused.
-                VerifiedReader::open(&dir, entry)?.finish()?;
+                VerifiedReader::open_beneath(&self.volume, &dir, entry)?.finish()?;
                 continue;
             }
             let fmt = format::format_from_path(rel).unwrap_or(self.request.output_format());
@@ -747,14 +742,15 @@ impl<'c> Run<'c> {
             rows += if entry.bytes <= IN_MEMORY_MAX {
                 // One read, which verifies: a truncated or swapped file fails
                 // before any of its rows reach the sink; decoded from memory.
-                let data = VerifiedReader::open(&dir, entry)?.read_verified()?;
+                let data =
+                    VerifiedReader::open_beneath(&self.volume, &dir, entry)?.read_verified()?;
                 let batches = format::read_memory(fmt, data, &label, expected.clone(), batch_size)?;
                 deliver(batches, sink)?
             } else {
                 // Too large to hold: verified first, then decoded from a
                 // second read, which verifies again (the file is the
                 // sidecar's to change).
-                let reader = VerifiedReader::open_verified(&dir, entry)?;
+                let reader = VerifiedReader::open_beneath(&self.volume, &dir, entry)?.verified()?;
                 let mut batches =
                     format::read_batches(fmt, reader, &label, expected.clone(), batch_size)?;
                 let n = deliver(&mut batches, sink)?;
@@ -785,10 +781,10 @@ impl<'c> Run<'c> {
             .join(part_name(self.request.output_format()));
         // A column the format cannot carry is refused before the logic starts.
         format::check_writable(self.request.input_format, &schema, &self.label(&in_path))?;
-        stream::make_fifo(&in_path, 0o666)?;
-        stream::make_fifo(&out_path, 0o666)?;
+        stream::make_fifo(&self.volume, &in_path, 0o666)?;
+        stream::make_fifo(&self.volume, &out_path, 0o666)?;
         let signals = Signals::new();
-        let reader = FifoReader::open(&out_path, Arc::clone(&signals))?;
+        let reader = FifoReader::open(&self.volume, &out_path, Arc::clone(&signals))?;
         self.write_start()?;
         let (read, written, watched) =
             self.pump(&signals, &in_path, schema, input, |sink_signals| {
@@ -981,7 +977,7 @@ impl<'c> Run<'c> {
     where
         I: Iterator<Item = Result<RecordBatch, ArrowError>>,
     {
-        let Some(fifo) = FifoWriter::open(path, Arc::clone(signals))? else {
+        let Some(fifo) = FifoWriter::open(&self.volume, path, Arc::clone(signals))? else {
             // The logic finished without opening its input.
             return Ok((0, 0));
         };

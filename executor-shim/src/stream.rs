@@ -38,14 +38,17 @@
 //! (raised to [`PIPE_CAPACITY`] where the kernel allows), so a slow logic
 //! slows the producer down instead of filling memory.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use sidecar_core::beneath::Beneath;
+use sidecar_core::safepath::PathError;
 
 /// The longest a stream operation waits before it looks at the signals again.
 pub const POLL_SLICE: Duration = Duration::from_millis(100);
@@ -83,6 +86,9 @@ pub enum StreamError {
         #[source]
         source: io::Error,
     },
+    /// The way to the FIFO is refused (a link, or not a directory).
+    #[error(transparent)]
+    Refused(#[from] PathError),
 }
 
 impl StreamError {
@@ -128,21 +134,30 @@ impl Signals {
     }
 }
 
-/// Creates a FIFO at `path` with exactly `mode` (not reduced by the umask),
-/// so a container user other than the executor's can open it.
-pub fn make_fifo(path: &Path, mode: u32) -> Result<(), StreamError> {
-    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(mode)).map_err(|e| {
-        StreamError::Mkfifo {
-            path: path.to_owned(),
-            source: io::Error::from(e),
-        }
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
-        StreamError::Mkfifo {
-            path: path.to_owned(),
-            source,
-        }
-    })
+/// Creates a FIFO at `path` on the volume `root` with exactly `mode` (not
+/// reduced by the umask), so a container user other than the executor's can
+/// open it. Its directory is resolved from the root without following a
+/// link, so the FIFO is never made outside the volume.
+pub fn make_fifo(root: &Beneath, path: &Path, mode: u32) -> Result<(), StreamError> {
+    let failed = |source| StreamError::Mkfifo {
+        path: path.to_owned(),
+        source,
+    };
+    let (dir, name) = root.parent(path)?;
+    let m = nix::sys::stat::Mode::from_bits_truncate(mode);
+    nix::unistd::mkfifoat(&dir, name, m).map_err(|e| failed(e.into()))?;
+    // A FIFO opens for reading without blocking; the mode is set on what
+    // was opened, not on whatever the name points to by then.
+    let fifo = dir.open_file(name, libc::O_RDONLY | libc::O_NONBLOCK, 0)?;
+    check_fifo(&fifo, path)?;
+    nix::sys::stat::fchmod(&fifo, m).map_err(|e| failed(e.into()))
+}
+
+/// Opens the FIFO at `path` on the volume `root` without blocking and
+/// without following a link in any component.
+fn open_fifo(root: &Beneath, path: &Path, flags: i32) -> Result<File, PathError> {
+    let (dir, name) = root.parent(path)?;
+    dir.open_file(name, flags | libc::O_NONBLOCK, 0)
 }
 
 /// Blocks `SIGPIPE` for the calling thread, so writing to a FIFO whose reader
@@ -219,16 +234,17 @@ pub struct FifoWriter {
 }
 
 impl FifoWriter {
-    /// Opens `path` for writing once the logic has opened it for reading.
-    /// `Ok(None)` means the logic finished without ever opening it.
-    pub fn open(path: &Path, signals: Arc<Signals>) -> Result<Option<Self>, StreamError> {
+    /// Opens `path` on the volume `root` for writing once the logic has
+    /// opened it for reading. `Ok(None)` means the logic finished without
+    /// ever opening it.
+    pub fn open(
+        root: &Beneath,
+        path: &Path,
+        signals: Arc<Signals>,
+    ) -> Result<Option<Self>, StreamError> {
         let mut backoff = Duration::from_millis(1);
         loop {
-            match OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(path)
-            {
+            match open_fifo(root, path, libc::O_WRONLY) {
                 Ok(file) => {
                     check_fifo(&file, path)?;
                     set_pipe_capacity(&file);
@@ -240,14 +256,17 @@ impl FifoWriter {
                         bytes: 0,
                     }));
                 }
-                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(StreamError::Open {
-                        path: path.to_owned(),
-                        source,
-                    })
-                }
+                Err(PathError::Io { source, .. }) => match source.raw_os_error() {
+                    Some(libc::ENXIO) => {}
+                    Some(libc::EINTR) => continue,
+                    _ => {
+                        return Err(StreamError::Open {
+                            path: path.to_owned(),
+                            source,
+                        })
+                    }
+                },
+                Err(refused) => return Err(refused.into()),
             }
             if signals.is_stopped() {
                 return Err(StreamError::Stopped {
@@ -335,15 +354,14 @@ pub struct FifoReader {
 
 impl FifoReader {
     /// Opens `path` for reading without waiting for a writer.
-    pub fn open(path: &Path, signals: Arc<Signals>) -> Result<Self, StreamError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|source| StreamError::Open {
+    pub fn open(root: &Beneath, path: &Path, signals: Arc<Signals>) -> Result<Self, StreamError> {
+        let file = open_fifo(root, path, libc::O_RDONLY).map_err(|e| match e {
+            PathError::Io { source, .. } => StreamError::Open {
                 path: path.to_owned(),
                 source,
-            })?;
+            },
+            refused => refused.into(),
+        })?;
         check_fifo(&file, path)?;
         set_pipe_capacity(&file);
         Ok(Self {
@@ -412,37 +430,42 @@ impl Read for FifoReader {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::fs::OpenOptions;
     use std::time::Instant;
 
     fn fifo() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("part.arrows");
-        make_fifo(&p, 0o666).unwrap();
+        make_fifo(&Beneath::new(dir.path()), &p, 0o666).unwrap();
         (dir, p)
     }
 
     #[test]
     fn writer_without_reader_ends_when_done_or_stopped() {
-        let (_d, p) = fifo();
+        let (dir, p) = fifo();
         let s = Signals::new();
         let s2 = Arc::clone(&s);
         let t = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             s2.set_done();
         });
-        assert!(FifoWriter::open(&p, Arc::clone(&s)).unwrap().is_none());
+        assert!(
+            FifoWriter::open(&Beneath::new(dir.path()), &p, Arc::clone(&s))
+                .unwrap()
+                .is_none()
+        );
         t.join().unwrap();
         let s = Signals::new();
         s.stop();
-        let e = FifoWriter::open(&p, s).unwrap_err();
+        let e = FifoWriter::open(&Beneath::new(dir.path()), &p, s).unwrap_err();
         assert!(matches!(e, StreamError::Stopped { .. }), "{e}");
     }
 
     #[test]
     fn reader_without_writer_waits_then_honours_signals() {
-        let (_d, p) = fifo();
+        let (dir, p) = fifo();
         let s = Signals::new();
-        let mut r = FifoReader::open(&p, Arc::clone(&s)).unwrap();
+        let mut r = FifoReader::open(&Beneath::new(dir.path()), &p, Arc::clone(&s)).unwrap();
         let s2 = Arc::clone(&s);
         let start = Instant::now();
         let t = std::thread::spawn(move || {
@@ -459,9 +482,9 @@ mod tests {
 
     #[test]
     fn bytes_flow_and_hangup_is_eof() {
-        let (_d, p) = fifo();
+        let (dir, p) = fifo();
         let s = Signals::new();
-        let mut r = FifoReader::open(&p, Arc::clone(&s)).unwrap();
+        let mut r = FifoReader::open(&Beneath::new(dir.path()), &p, Arc::clone(&s)).unwrap();
         let p2 = p.clone();
         let t = std::thread::spawn(move || {
             let mut f = OpenOptions::new().write(true).open(&p2).unwrap();
@@ -477,7 +500,7 @@ mod tests {
 
     #[test]
     fn reader_leaving_is_not_an_error_for_the_writer() {
-        let (_d, p) = fifo();
+        let (dir, p) = fifo();
         let p2 = p.clone();
         let t = std::thread::spawn(move || {
             let mut f = File::open(&p2).unwrap();
@@ -487,7 +510,9 @@ mod tests {
         });
         block_sigpipe_on_this_thread();
         let s = Signals::new();
-        let mut w = FifoWriter::open(&p, s).unwrap().unwrap();
+        let mut w = FifoWriter::open(&Beneath::new(dir.path()), &p, s)
+            .unwrap()
+            .unwrap();
         for _ in 0..64 {
             w.write_all(&[1u8; 1 << 16]).unwrap();
         }

@@ -8,6 +8,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::beneath::Beneath;
+use crate::safepath::PathError;
+
 /// Whether a write is flushed to stable storage before the rename.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Durability {
@@ -31,6 +34,13 @@ pub enum AtomicError {
     },
     #[error("cannot write {path}: it has no parent directory or file name")]
     NoParent { path: PathBuf },
+    /// The way to the file is refused: a link, or not a directory.
+    #[error("cannot write {path}: {source}")]
+    Refused {
+        path: PathBuf,
+        #[source]
+        source: PathError,
+    },
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -86,6 +96,59 @@ pub fn write_atomic_with(
         let _ = std::fs::remove_file(&tmp);
     }
     result.map_err(err)
+}
+
+/// [`write_atomic`] on the volume `root`: the file's directory is resolved
+/// from the root without following a link in any component
+/// ([`crate::beneath`]), so a task directory swapped for a link is refused,
+/// never written through.
+pub fn write_atomic_beneath(
+    root: &Beneath,
+    path: &Path,
+    bytes: &[u8],
+    durability: Durability,
+) -> Result<(), AtomicError> {
+    write_atomic_beneath_with(root, path, durability, |f| f.write_all(bytes))
+}
+
+/// [`write_atomic_with`] on the volume `root`, as [`write_atomic_beneath`].
+pub fn write_atomic_beneath_with(
+    root: &Beneath,
+    path: &Path,
+    durability: Durability,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<(), AtomicError> {
+    let refused = |source| AtomicError::Refused {
+        path: path.to_owned(),
+        source,
+    };
+    let (dir, name) = root.parent(path).map_err(refused)?;
+    let tmp = temp_path(path)
+        .and_then(|t| t.file_name().map(ToOwned::to_owned))
+        .ok_or_else(|| AtomicError::NoParent {
+            path: path.to_owned(),
+        })?;
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+    let mut f = dir.open_file(&tmp, flags, 0o644).map_err(refused)?;
+    let result = (|| {
+        fill(&mut f)?;
+        if durability == Durability::Durable {
+            f.sync_all()?;
+        }
+        drop(f);
+        dir.rename(&tmp, name)?;
+        if durability == Durability::Durable {
+            dir.sync()?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = dir.unlink(&tmp);
+    }
+    result.map_err(|source| AtomicError::Write {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Creates an empty flag atomically (the `touch` of the protocol).

@@ -16,13 +16,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::atomic::{write_atomic, AtomicError, Durability};
+use crate::atomic::{write_atomic, write_atomic_beneath, AtomicError, Durability};
+use crate::beneath::{Beneath, Kind};
 use crate::id::TaskId;
 use crate::layout::{TaskDir, Volume, CANCEL_FLAG, CLOSE_FLAG, DONE_FLAG, START_FLAG};
 use crate::manifest::{self, ManifestError};
 use crate::owner::OwnerProbe;
 use crate::protocol::{Event, FlagWriter, ProtocolError, Reject, Waiter};
-use crate::record::{read_flag, Outcome, OutputFile, RecordError, Status, TaskSpec};
+use crate::record::{read_flag_beneath, Outcome, OutputFile, RecordError, Status, TaskSpec};
+use crate::safepath::PathError;
 use crate::state::{transition, StateError, TaskEvent, TaskState};
 use crate::wait::{WaitError, Watch};
 
@@ -30,6 +32,9 @@ use crate::wait::{WaitError, Watch};
 /// `tasks/<id>/` directory in `serve` mode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskFiles {
+    /// Every path below is resolved from the volume root through this,
+    /// never through a link.
+    volume: Beneath,
     dir: PathBuf,
     /// Listed in the manifest (serve mode); `None`: the outputs are named by
     /// the executor (the Foundry layout), nothing is listed.
@@ -44,6 +49,7 @@ impl TaskFiles {
     /// The Foundry layout: flags at the volume root, which is never removed.
     pub fn oneshot(volume: &Volume) -> Self {
         Self {
+            volume: volume.beneath(),
             dir: volume.root().to_owned(),
             output: None,
             owns_dir: false,
@@ -54,6 +60,7 @@ impl TaskFiles {
     /// A serve-mode task directory, removed when the task is closed.
     pub fn serve(task: &TaskDir) -> Self {
         Self {
+            volume: task.beneath(),
             dir: task.root().to_owned(),
             output: Some(task.output()),
             owns_dir: true,
@@ -63,6 +70,32 @@ impl TaskFiles {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+    /// The resolver the task's paths are opened through.
+    pub fn beneath(&self) -> &Beneath {
+        &self.volume
+    }
+    /// Whether something is at `path`, reached without following a link.
+    pub fn exists(&self, path: &Path) -> bool {
+        self.volume.exists(path)
+    }
+    /// Whether the task's directory is gone (serve mode): removed, or
+    /// replaced by something that is not a real directory (a link).
+    pub fn gone(&self) -> bool {
+        self.owns_dir && !self.volume.is_dir(&self.dir)
+    }
+    /// Why the task's directory is unusable: replaced by a link (named),
+    /// or gone.
+    fn gone_error(&self, task: &TaskId) -> ProtocolError {
+        match self.volume.kind(&self.dir) {
+            Ok(Some(Kind::Symlink)) => ProtocolError::Refused {
+                task: task.clone(),
+                source: PathError::Symlink {
+                    path: self.dir.clone(),
+                },
+            },
+            _ => ProtocolError::Gone { task: task.clone() },
+        }
     }
     pub fn start_flag(&self) -> PathBuf {
         self.dir.join(START_FLAG)
@@ -157,7 +190,10 @@ impl FileFlags {
     /// The flags of `files`, waited for through `watch` (which must watch
     /// their directory), until `stop` is raised.
     pub fn new(files: TaskFiles, watch: Arc<Watch>, stop: Stop) -> Self {
-        let owner = files.owner.as_deref().and_then(OwnerProbe::open_path);
+        let owner = files
+            .owner
+            .as_deref()
+            .and_then(|o| OwnerProbe::open_beneath(&files.volume, o));
         Self {
             files,
             watch,
@@ -199,7 +235,9 @@ impl FileFlags {
     /// The start flag's spec, or why it is unusable.
     fn read_start<C>(&self) -> Event<C> {
         let path = self.files.start_flag();
-        match read_flag(&path, "task spec").and_then(|bytes| TaskSpec::parse(&bytes, &path)) {
+        match read_flag_beneath(&self.files.volume, &path, "task spec")
+            .and_then(|bytes| TaskSpec::parse(&bytes, &path))
+        {
             Ok(spec) => Event::Start(spec),
             Err(e) => Event::Invalid(Reject::Spec(e)),
         }
@@ -210,10 +248,11 @@ impl Waiter for FileFlags {
     async fn wait_start<C: Send>(&self, task: &TaskId) -> Result<Event<C>, ProtocolError> {
         let (start, close) = (self.files.start_flag(), self.files.close_flag());
         let what = start.display().to_string();
+        let files = &self.files;
         self.wait_for(task, &what, || {
-            if exists(&start) {
+            if files.exists(&start) {
                 Some(self.read_start())
-            } else if exists(&close) || self.owner_gone() {
+            } else if files.exists(&close) || files.gone() || self.owner_gone() {
                 // Abandoned before it started.
                 Some(Event::Close)
             } else {
@@ -225,12 +264,12 @@ impl Waiter for FileFlags {
 
     async fn wait_close<C: Send>(&self, task: &TaskId) -> Result<Event<C>, ProtocolError> {
         let close = self.files.close_flag();
-        let dir = self.files.dir().to_owned();
         let what = close.display().to_string();
-        let gone = |d: &Path| self.files.owns_dir && !exists(d);
-        // An owner that died will never close the task: reclaim it.
+        let files = &self.files;
+        // An owner that died will never close the task: reclaim it. A task
+        // directory replaced by a link is gone too: cleanup removes the link.
         self.wait_for(task, &what, || {
-            (exists(&close) || gone(&dir) || self.owner_gone()).then_some(Event::Close)
+            (files.exists(&close) || files.gone() || self.owner_gone()).then_some(Event::Close)
         })
         .await
     }
@@ -241,17 +280,18 @@ impl FlagWriter for FileFlags {
         match self.files.output() {
             // In stream mode the executor's FIFOs carry the output: they
             // are not files to list.
-            Some(dir) => manifest::scan_with(dir, spec.stream),
+            Some(dir) => manifest::scan_beneath(&self.files.volume, dir, spec.stream),
             None => Ok(Vec::new()),
         }
     }
 
     fn write_done(&self, task: &TaskId, outcome: &Outcome) -> Result<(), ProtocolError> {
-        if self.files.owns_dir && !exists(self.files.dir()) {
-            return Err(ProtocolError::Gone { task: task.clone() });
+        if self.files.gone() {
+            return Err(self.files.gone_error(task));
         }
         let path = self.files.done_flag();
-        let first = match write_outcome(&path, outcome) {
+        let volume = &self.files.volume;
+        let first = match write_outcome_beneath(volume, &path, outcome) {
             Ok(()) => return logged(task, outcome),
             Err(e) => e,
         };
@@ -259,10 +299,10 @@ impl FlagWriter for FileFlags {
         // say so in a smaller outcome, so the executor learns why instead
         // of waiting for a done flag that never comes.
         if let Some(out) = self.files.output() {
-            let _ = std::fs::remove_dir_all(out);
+            let _ = volume.remove_all(out);
         }
         let failed = compact(outcome, &first);
-        write_outcome(&path, &failed).map_err(|source| ProtocolError::Write {
+        write_outcome_beneath(volume, &path, &failed).map_err(|source| ProtocolError::Write {
             task: task.clone(),
             source,
         })?;
@@ -274,15 +314,15 @@ impl FlagWriter for FileFlags {
             return Ok(());
         }
         self.watch.remove(self.files.dir());
-        match std::fs::remove_dir_all(self.files.dir()) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(ProtocolError::Io {
+        // Through descriptors from the volume root: a link (the task
+        // directory itself, or anything in it) is removed, never followed.
+        self.files
+            .volume
+            .remove_all(self.files.dir())
+            .map_err(|source| ProtocolError::Refused {
                 task: task.clone(),
-                path: self.files.dir().to_owned(),
                 source,
-            }),
-        }
+            })
     }
 }
 
@@ -296,17 +336,24 @@ fn logged(task: &TaskId, outcome: &Outcome) -> Result<(), ProtocolError> {
     Ok(())
 }
 
-/// `path` exists (a dangling link counts: it is there, and will be refused
-/// when read).
-fn exists(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok()
-}
-
 /// Writes an outcome atomically, as pretty JSON.
 pub fn write_outcome(path: &Path, outcome: &Outcome) -> Result<(), AtomicError> {
+    write_atomic(path, &outcome_bytes(outcome), Durability::Visible)
+}
+
+/// [`write_outcome`] on the volume `root`, never through a link.
+pub fn write_outcome_beneath(
+    root: &Beneath,
+    path: &Path,
+    outcome: &Outcome,
+) -> Result<(), AtomicError> {
+    write_atomic_beneath(root, path, &outcome_bytes(outcome), Durability::Visible)
+}
+
+fn outcome_bytes(outcome: &Outcome) -> Vec<u8> {
     let mut bytes = serde_json::to_vec_pretty(outcome).unwrap_or_default();
     bytes.push(b'\n');
-    write_atomic(path, &bytes, Durability::Visible)
+    bytes
 }
 
 /// The failed outcome written when `outcome` itself could not be.
@@ -354,6 +401,8 @@ pub enum FlagError {
 #[derive(Debug)]
 pub struct ExecutorFlags {
     dir: TaskDir,
+    /// The task's volume: every flag is resolved from its root.
+    volume: Beneath,
     state: Mutex<TaskState>,
 }
 
@@ -361,6 +410,7 @@ impl ExecutorFlags {
     /// The flags of a staged task.
     pub fn new(dir: TaskDir) -> Self {
         Self {
+            volume: dir.beneath(),
             dir,
             state: Mutex::new(TaskState::Staged),
         }
@@ -395,7 +445,12 @@ impl ExecutorFlags {
             source,
         })?;
         let bytes = serde_json::to_vec(spec).unwrap_or_default();
-        write_atomic(&self.dir.start_flag(), &bytes, Durability::Visible)?;
+        write_atomic_beneath(
+            &self.volume,
+            &self.dir.start_flag(),
+            &bytes,
+            Durability::Visible,
+        )?;
         self.step(TaskEvent::StartFlag)?;
         Ok(())
     }
@@ -405,7 +460,7 @@ impl ExecutorFlags {
     /// an error, never an outcome.
     pub fn outcome(&self) -> Result<Option<Outcome>, FlagError> {
         let path = self.dir.done_flag();
-        let bytes = match read_flag(&path, "outcome") {
+        let bytes = match read_flag_beneath(&self.volume, &path, "outcome") {
             Ok(b) => b,
             Err(RecordError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
@@ -436,7 +491,12 @@ impl ExecutorFlags {
     /// logic is stopped, its outcome says `cancelled`.
     pub fn cancel(&self) -> Result<(), FlagError> {
         if matches!(self.state(), TaskState::Started | TaskState::Running) {
-            write_atomic(&self.dir.cancel_flag(), b"", Durability::Visible)?;
+            write_atomic_beneath(
+                &self.volume,
+                &self.dir.cancel_flag(),
+                b"",
+                Durability::Visible,
+            )?;
         }
         Ok(())
     }
@@ -451,7 +511,12 @@ impl ExecutorFlags {
         if self.state() == TaskState::Closed {
             return Ok(());
         }
-        write_atomic(&self.dir.close_flag(), b"", Durability::Visible)?;
+        write_atomic_beneath(
+            &self.volume,
+            &self.dir.close_flag(),
+            b"",
+            Durability::Visible,
+        )?;
         self.step(TaskEvent::CloseFlag)?;
         Ok(())
     }
@@ -520,6 +585,36 @@ mod tests {
         assert!(t.dir().cancel_flag().exists());
         t.close().unwrap();
         assert_eq!(t.state(), TaskState::Closed);
+    }
+
+    /// A task directory swapped for a link to a directory that holds a
+    /// perfectly good done flag: refused, naming the link, never read; the
+    /// flags this side writes are refused too, never written through it.
+    #[test]
+    fn flags_are_never_read_or_written_through_a_linked_task_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let vol = dir.path().join("vol");
+        let t = task(&vol);
+        t.start(&TaskSpec::default()).unwrap();
+        let canary = dir.path().join("canary");
+        std::fs::create_dir(&canary).unwrap();
+        let outcome = Outcome::new("p1-a0", Status::Succeeded, crate::Timestamp::now());
+        write_outcome(&canary.join(DONE_FLAG), &outcome).unwrap();
+        std::fs::remove_dir_all(t.dir().root()).unwrap();
+        std::os::unix::fs::symlink(&canary, t.dir().root()).unwrap();
+        let err = t.outcome().unwrap_err().to_string();
+        let link = t.dir().root().display().to_string();
+        assert!(
+            err.contains(&link) && err.contains("symbolic link"),
+            "{err}"
+        );
+        let err = t.close().unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        let names: Vec<_> = std::fs::read_dir(&canary)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [DONE_FLAG], "nothing written through the link");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::beneath::Beneath;
 use crate::id::TaskId;
 
 pub const START_FLAG: &str = "start_flag";
@@ -119,7 +120,13 @@ impl Volume {
         TaskDir {
             id: id.clone(),
             root: self.tasks_dir().join(id.as_str()),
+            volume: self.root.clone(),
         }
+    }
+
+    /// The resolver every path on this volume is opened through.
+    pub fn beneath(&self) -> Beneath {
+        Beneath::new(&self.root)
     }
 }
 
@@ -128,6 +135,8 @@ impl Volume {
 pub struct TaskDir {
     id: TaskId,
     root: PathBuf,
+    /// The volume's root.
+    volume: PathBuf,
 }
 
 impl TaskDir {
@@ -136,6 +145,11 @@ impl TaskDir {
     }
     pub fn root(&self) -> &Path {
         &self.root
+    }
+    /// The resolver of the task's volume: every path of the task is opened
+    /// through it, from the volume root, never through a link.
+    pub fn beneath(&self) -> Beneath {
+        Beneath::new(&self.volume)
     }
     pub fn input(&self) -> PathBuf {
         self.root.join(INPUT_DIR)

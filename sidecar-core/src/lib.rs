@@ -47,9 +47,11 @@
 //!   waiter and flag writer of both modes, and the executor's side of the
 //!   flags, used by the entrypoint, the shim, the benchmark and the tests.
 //! * **Fencing** ([`id`]): task ids carry partition and attempt.
-//! * **Safety** ([`safepath`], [`manifest`]): paths from the other side are
-//!   validated and opened without following links; outputs are read only
-//!   if listed, and verified by size and checksum as they are read.
+//! * **Safety** ([`beneath`], [`safepath`], [`manifest`]): every path on the
+//!   volume is resolved from the volume root one component at a time,
+//!   never through a link (a link anywhere is an error naming it); paths
+//!   from the other side are validated first; outputs are read only if
+//!   listed, and verified by size and checksum as they are read.
 //!
 //! ## Where things live
 //!
@@ -65,6 +67,7 @@
 //! | [`wait`] | inotify waits with a polling fallback |
 //! | [`liveness`] | heartbeat and lease: beating, and judging by content |
 //! | [`owner`] | who holds a task or the sidecar on the executor side (`flock`) |
+//! | [`beneath`] | the one resolver: paths opened, listed and removed from the volume root, never through a link |
 //! | [`safepath`], [`manifest`] | path safety, output manifests and verified reads |
 //! | [`procfs`] | the few `/proc` facts both sides read |
 //!
@@ -103,6 +106,7 @@
 //! ```
 
 pub mod atomic;
+pub mod beneath;
 pub mod files;
 pub mod id;
 pub mod layout;

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::atomic::{write_atomic, AtomicError, Durability};
+use crate::atomic::{write_atomic, write_atomic_beneath, AtomicError, Durability};
+use crate::beneath::Beneath;
 use crate::record::Timestamp;
 
 /// The default interval between heartbeats (and lease renewals).
@@ -41,6 +42,16 @@ pub fn read_pulse(path: &Path) -> Option<Vec<u8>> {
     crate::record::read_regular_bounded(path, MAX_PULSE_BYTES).ok()
 }
 
+/// [`read_pulse`] of a pulse on the volume `root`, resolved from the root
+/// without following a link in any component (`sidecar/` included).
+pub fn read_pulse_beneath(root: &Beneath, path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let file = root.open_regular(path).ok()?;
+    let mut buf = Vec::new();
+    file.take(MAX_PULSE_BYTES + 1).read_to_end(&mut buf).ok()?;
+    (buf.len() as u64 <= MAX_PULSE_BYTES).then_some(buf)
+}
+
 /// Writes one pulse.
 ///
 /// Atomically when it can; when the volume is full (no block for a new
@@ -48,25 +59,52 @@ pub fn read_pulse(path: &Path) -> Option<Vec<u8>> {
 /// content to change, and a reader that catches a half-written pulse still
 /// sees a change.
 pub fn beat(path: &Path, seq: u64) -> Result<(), AtomicError> {
+    let bytes = pulse_bytes(seq);
+    match write_atomic(path, &bytes, Durability::Visible) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(path);
+            f.and_then(|f| rewrite_in_place(f, &bytes)).map_err(|_| e)
+        }
+    }
+}
+
+/// [`beat`] on the volume `root`: the pulse's directory is resolved from
+/// the root without following a link, so a `sidecar/` or `executor/`
+/// swapped for a link is refused, never written through.
+pub fn beat_beneath(root: &Beneath, path: &Path, seq: u64) -> Result<(), AtomicError> {
+    let bytes = pulse_bytes(seq);
+    match write_atomic_beneath(root, path, &bytes, Durability::Visible) {
+        Ok(()) => Ok(()),
+        Err(e @ AtomicError::Refused { .. }) => Err(e),
+        Err(e) => {
+            let flags = libc::O_WRONLY | libc::O_NONBLOCK;
+            let f = root
+                .parent(path)
+                .and_then(|(dir, name)| dir.open_file(name, flags, 0));
+            match f {
+                Ok(f) => rewrite_in_place(f, &bytes).map_err(|_| e),
+                Err(_) => Err(e),
+            }
+        }
+    }
+}
+
+fn pulse_bytes(seq: u64) -> Vec<u8> {
     let pulse = Pulse {
         seq,
         pid: std::process::id(),
         at: Timestamp::now(),
     };
-    let bytes = serde_json::to_vec(&pulse).unwrap_or_default();
-    match write_atomic(path, &bytes, Durability::Visible) {
-        Ok(()) => Ok(()),
-        Err(e) => rewrite_in_place(path, &bytes).map_err(|_| e),
-    }
+    serde_json::to_vec(&pulse).unwrap_or_default()
 }
 
-fn rewrite_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+fn rewrite_in_place(mut f: std::fs::File, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
     if !f.metadata()?.file_type().is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
@@ -86,7 +124,24 @@ impl Beater {
     /// `interval` in a background thread. Errors after the first are logged
     /// and retried: a momentarily full volume must not kill liveness.
     pub fn start(path: PathBuf, interval: Duration) -> Result<Self, AtomicError> {
-        beat(&path, 0)?;
+        Self::start_with(move |seq| beat(&path, seq), interval)
+    }
+
+    /// [`Beater::start`] for a pulse on the volume `root`, written through
+    /// [`beat_beneath`]: never through a link.
+    pub fn start_beneath(
+        root: Beneath,
+        path: PathBuf,
+        interval: Duration,
+    ) -> Result<Self, AtomicError> {
+        Self::start_with(move |seq| beat_beneath(&root, &path, seq), interval)
+    }
+
+    fn start_with(
+        beat: impl Fn(u64) -> Result<(), AtomicError> + Send + 'static,
+        interval: Duration,
+    ) -> Result<Self, AtomicError> {
+        beat(0)?;
         let stop = Arc::new(AtomicBool::new(false));
         let s = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
@@ -98,7 +153,7 @@ impl Beater {
                     if s.load(Ordering::SeqCst) {
                         break;
                     }
-                    if let Err(e) = beat(&path, seq) {
+                    if let Err(e) = beat(seq) {
                         tracing::warn!("{e}");
                     }
                     seq += 1;
@@ -145,6 +200,8 @@ pub enum Liveness {
 #[derive(Debug)]
 pub struct Monitor {
     path: PathBuf,
+    /// When set, the pulse is read through it ([`read_pulse_beneath`]).
+    volume: Option<Beneath>,
     stale_after: Duration,
     last: Option<Vec<u8>>,
     last_change: Instant,
@@ -154,13 +211,22 @@ impl Monitor {
     /// Starts monitoring at `now`; the peer has `stale_after` from now to
     /// show a first (or changed) pulse.
     pub fn new(path: PathBuf, stale_after: Duration, now: Instant) -> Self {
-        let last = std::fs::read(&path).ok();
+        let last = read_pulse(&path);
         Self {
             path,
+            volume: None,
             stale_after,
             last,
             last_change: now,
         }
+    }
+
+    /// Reads the pulse from the volume `root` without following a link in
+    /// any component: a `sidecar/` swapped for a link reads as no pulse.
+    pub fn beneath(mut self, root: Beneath) -> Self {
+        self.last = read_pulse_beneath(&root, &self.path);
+        self.volume = Some(root);
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -173,7 +239,10 @@ impl Monitor {
 
     /// Reads the file and judges liveness at `now`.
     pub fn observe(&mut self, now: Instant) -> Liveness {
-        let current = read_pulse(&self.path);
+        let current = match &self.volume {
+            Some(root) => read_pulse_beneath(root, &self.path),
+            None => read_pulse(&self.path),
+        };
         self.observe_content(current, now)
     }
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use xxhash_rust::xxh3::Xxh3;
 
+use crate::beneath::{Beneath, Dir, Kind};
 use crate::record::OutputFile;
 use crate::safepath::{self, PathError};
 
@@ -66,7 +67,11 @@ impl Checksum {
 
 /// The checksum of a whole file.
 pub fn checksum_file(path: &Path) -> Result<(u64, String), io::Error> {
-    let mut f = File::open(path)?;
+    checksum_of(File::open(path)?)
+}
+
+/// The size and checksum of what `f` reads.
+fn checksum_of(mut f: File) -> Result<(u64, String), io::Error> {
     let mut sum = Checksum::default();
     let mut buf = vec![0u8; CHUNK];
     let mut n = 0u64;
@@ -84,7 +89,8 @@ pub fn checksum_file(path: &Path) -> Result<(u64, String), io::Error> {
 /// Lists every file under `output_dir` (recursively, sorted, dot-files
 /// skipped) with size and checksum. Symlinks and special files are refused:
 /// the executor would refuse to read them anyway, and saying so here puts
-/// the reason in the task's outcome.
+/// the reason in the task's outcome. `output_dir` itself is trusted; see
+/// [`scan_beneath`] for one on the volume.
 pub fn scan(output_dir: &Path) -> Result<Vec<OutputFile>, ManifestError> {
     scan_with(output_dir, false)
 }
@@ -93,64 +99,77 @@ pub fn scan(output_dir: &Path) -> Result<Vec<OutputFile>, ManifestError> {
 /// stream mode the executor makes `output/part.<ext>` a FIFO, which carries
 /// the output and is not a file to list.
 pub fn scan_with(output_dir: &Path, skip_fifos: bool) -> Result<Vec<OutputFile>, ManifestError> {
+    scan_beneath(&Beneath::new(output_dir), output_dir, skip_fifos)
+}
+
+/// [`scan_with`] of an output directory on the volume `root`, resolved from
+/// the root without following a link in any component: an `output/` (or a
+/// task directory) swapped for a link is refused, naming it, and nothing
+/// behind it is listed. Every directory below is walked through
+/// descriptors, so a link anywhere is refused, never entered.
+pub fn scan_beneath(
+    root: &Beneath,
+    output_dir: &Path,
+    skip_fifos: bool,
+) -> Result<Vec<OutputFile>, ManifestError> {
+    let dir = match root.dir(output_dir) {
+        Ok(d) => d,
+        Err(PathError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(Vec::new())
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut out = Vec::new();
-    scan_into(output_dir, "", skip_fifos, &mut out)?;
+    scan_into(&dir, "", skip_fifos, &mut out)?;
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
 
 fn scan_into(
-    dir: &Path,
+    dir: &Dir,
     prefix: &str,
     skip_fifos: bool,
     out: &mut Vec<OutputFile>,
 ) -> Result<(), ManifestError> {
-    let io = |source, path: &Path| ManifestError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound && prefix.is_empty() => return Ok(()),
-        Err(e) => return Err(io(e, dir)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(|e| io(e, dir))?;
-        let name = entry.file_name();
+    for (name, kind) in dir.entries()? {
         if crate::layout::is_hidden(&name) {
             continue;
         }
-        let path = entry.path();
-        let Some(name) = name.to_str() else {
+        let path = dir.path().join(&name);
+        let Some(text) = name.to_str() else {
             return Err(ManifestError::NotRegular {
                 path,
                 kind: "file with a non-UTF-8 name",
             });
         };
         let rel = if prefix.is_empty() {
-            name.to_owned()
+            text.to_owned()
         } else {
-            format!("{prefix}/{name}")
+            format!("{prefix}/{text}")
         };
-        let ft = entry.file_type().map_err(|e| io(e, &path))?;
-        if ft.is_dir() {
-            scan_into(&path, &rel, skip_fifos, out)?;
-        } else if skip_fifos && std::os::unix::fs::FileTypeExt::is_fifo(&ft) {
-            continue;
-        } else if ft.is_file() {
-            let (bytes, checksum) = checksum_file(&path).map_err(|e| io(e, &path))?;
-            out.push(OutputFile {
-                path: rel,
-                bytes,
-                checksum,
-            });
-        } else {
-            let kind = if ft.is_symlink() {
-                "symbolic link"
-            } else {
-                "special file (FIFO, socket or device)"
-            };
-            return Err(ManifestError::NotRegular { path, kind });
+        match kind {
+            Kind::Dir => scan_into(&dir.open_dir(&name)?, &rel, skip_fifos, out)?,
+            Kind::Fifo if skip_fifos => {}
+            Kind::File => {
+                let file = dir.open_regular(&name)?;
+                let (bytes, checksum) = checksum_of(file).map_err(|source| ManifestError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                out.push(OutputFile {
+                    path: rel,
+                    bytes,
+                    checksum,
+                });
+            }
+            Kind::Symlink => {
+                let kind = "symbolic link";
+                return Err(ManifestError::NotRegular { path, kind });
+            }
+            Kind::Fifo | Kind::Special => {
+                let kind = "special file (FIFO, socket or device)";
+                return Err(ManifestError::NotRegular { path, kind });
+            }
         }
     }
     Ok(())
@@ -170,7 +189,17 @@ pub struct VerifiedReader {
 impl VerifiedReader {
     /// Opens `output_dir/entry.path` safely ([`safepath::open_beneath`]).
     pub fn open(output_dir: &Path, entry: &OutputFile) -> Result<Self, ManifestError> {
-        let file = safepath::open_beneath(output_dir, &entry.path)?;
+        Self::open_beneath(&Beneath::new(output_dir), output_dir, entry)
+    }
+
+    /// Opens `output_dir/entry.path` on the volume `root`, resolved from
+    /// the root without following a link anywhere ([`safepath::open_output`]).
+    pub fn open_beneath(
+        root: &Beneath,
+        output_dir: &Path,
+        entry: &OutputFile,
+    ) -> Result<Self, ManifestError> {
+        let file = safepath::open_output(root, output_dir, &entry.path)?;
         Ok(Self {
             file,
             entry: entry.clone(),
@@ -188,15 +217,16 @@ impl VerifiedReader {
     /// is the sidecar's to change), so a truncated or swapped output fails
     /// before any of its bytes are used. One open serves both passes.
     pub fn open_verified(output_dir: &Path, entry: &OutputFile) -> Result<Self, ManifestError> {
-        let mut reader = Self::open(output_dir, entry)?;
-        reader.verify_rest()?;
-        reader
-            .file
-            .rewind()
-            .map_err(|source| reader.io_error(source))?;
-        reader.sum = Checksum::default();
-        reader.read = 0;
-        Ok(reader)
+        Self::open(output_dir, entry)?.verified()
+    }
+
+    /// Verifies all of the output, then rewinds (see [`Self::open_verified`]).
+    pub fn verified(mut self) -> Result<Self, ManifestError> {
+        self.verify_rest()?;
+        self.file.rewind().map_err(|source| self.io_error(source))?;
+        self.sum = Checksum::default();
+        self.read = 0;
+        Ok(self)
     }
 
     /// Reads the whole output once, verifying its size and checksum as it
@@ -382,6 +412,35 @@ mod tests {
         let m = scan_with(dir.path(), true).unwrap();
         let paths: Vec<_> = m.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths, ["extra.txt"]);
+    }
+
+    #[test]
+    fn scan_beneath_never_lists_through_a_linked_output_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let canary = dir.path().join("canary");
+        std::fs::create_dir(&canary).unwrap();
+        std::fs::write(canary.join("part.csv"), b"CANARY").unwrap();
+        let root = Beneath::new(dir.path().join("vol"));
+        let task = root.root().join("tasks/t");
+        std::fs::create_dir_all(&task).unwrap();
+        std::os::unix::fs::symlink(&canary, task.join("output")).unwrap();
+        let e = scan_beneath(&root, &task.join("output"), false).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("tasks/t/output") && text.contains("symbolic link"),
+            "{text}"
+        );
+        // The same through a linked task directory.
+        std::fs::remove_file(task.join("output")).unwrap();
+        std::fs::create_dir(canary.join("output")).unwrap();
+        std::fs::write(canary.join("output/part.csv"), b"CANARY").unwrap();
+        std::fs::remove_dir(&task).unwrap();
+        std::os::unix::fs::symlink(&canary, &task).unwrap();
+        let e = scan_beneath(&root, &task.join("output"), false).unwrap_err();
+        assert!(
+            e.to_string().contains("tasks/t: it is a symbolic link"),
+            "{e}"
+        );
     }
 
     #[test]

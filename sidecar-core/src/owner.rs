@@ -35,7 +35,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::beneath::Beneath;
 use crate::layout::{TaskDir, Volume};
+use crate::safepath::PathError;
 
 /// Why a lock could not be taken.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,13 @@ pub enum OwnerError {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    /// The way to the task's directory is refused (a link).
+    #[error("cannot claim {}: {source}", .path.display())]
+    Refused {
+        path: PathBuf,
+        #[source]
+        source: PathError,
     },
 }
 
@@ -103,19 +112,28 @@ impl OwnerLock {
             source,
         };
         let tmp = crate::atomic::temp_path(&path)
+            .and_then(|t| t.file_name().map(ToOwned::to_owned))
             .ok_or_else(|| claim_err(io::ErrorKind::InvalidInput.into()))?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)
-            .map_err(claim_err)?;
+        // In the task directory as resolved from the volume root: never
+        // through a link.
+        let (dir, name) = task
+            .beneath()
+            .parent(&path)
+            .map_err(|e| OwnerError::Refused {
+                path: path.clone(),
+                source: e,
+            })?;
+        let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
+        let file = dir
+            .open_file(&tmp, flags, 0o644)
+            .map_err(|e| OwnerError::Refused {
+                path: path.clone(),
+                source: e,
+            })?;
         let locked =
-            try_flock(&file, libc::LOCK_EX | libc::LOCK_NB) && std::fs::rename(&tmp, &path).is_ok();
+            try_flock(&file, libc::LOCK_EX | libc::LOCK_NB) && dir.rename(&tmp, name).is_ok();
         if !locked {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = dir.unlink(&tmp);
             return Err(claim_err(io::Error::last_os_error()));
         }
         Ok(Self { _file: file })
@@ -132,7 +150,13 @@ impl OwnerProbe {
     /// The probe of `task`'s owner; `None` when the task has none (its
     /// executor does not take part).
     pub fn open(task: &TaskDir) -> Option<Self> {
-        Self::open_path(&task.owner())
+        Self::open_beneath(&task.beneath(), &task.owner())
+    }
+
+    /// The probe of the owner lock at `path` on the volume `root`, reached
+    /// without following a link, if there is one.
+    pub fn open_beneath(root: &Beneath, path: &Path) -> Option<Self> {
+        root.open_regular(path).ok().map(|file| Self { file })
     }
 
     /// The probe of the owner lock at `path`, if there is one.

@@ -21,6 +21,7 @@ use crate::atomic::AtomicError;
 use crate::id::TaskId;
 use crate::manifest::ManifestError;
 use crate::record::{Outcome, OutputFile, RecordError, Status, TaskSpec, Timestamp};
+use crate::safepath::PathError;
 use crate::state::{transition, StateError, TaskEvent, TaskState};
 use crate::wait::WaitError;
 
@@ -142,6 +143,12 @@ pub enum ProtocolError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("task {task}: {source}")]
+    Refused {
+        task: TaskId,
+        #[source]
+        source: PathError,
     },
     #[error("task {task}: its directory is gone")]
     Gone { task: TaskId },

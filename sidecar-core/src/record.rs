@@ -13,7 +13,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::beneath::Beneath;
 use crate::id::TaskId;
+use crate::safepath::PathError;
 
 /// The protocol version this library speaks. A record that names a newer one
 /// is refused rather than half understood.
@@ -52,6 +54,9 @@ pub enum RecordError {
     UnsupportedProtocol { path: PathBuf, found: u32 },
     #[error("{path}: {what} is empty")]
     Empty { path: PathBuf, what: &'static str },
+    /// Refused on the way there: a link, or not a regular file.
+    #[error(transparent)]
+    Path(#[from] PathError),
 }
 
 /// A point in time, written as RFC 3339 UTC with microseconds.
@@ -443,7 +448,6 @@ pub enum BoundedReadError {
 /// Reads a regular file of at most `limit` bytes: `O_NOFOLLOW|O_NONBLOCK`
 /// on open, then a check that it is a regular file, then a bounded read.
 pub fn read_regular_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, BoundedReadError> {
-    use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -466,14 +470,50 @@ pub fn read_regular_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, BoundedR
             "not a regular file (a FIFO, directory or device where a flag was expected)",
         )));
     }
+    read_bounded(file, limit)
+}
+
+/// Reads at most `limit` bytes of `file`; more is [`BoundedReadError::TooLarge`].
+fn read_bounded(file: std::fs::File, limit: u64) -> Result<Vec<u8>, BoundedReadError> {
+    use std::io::Read;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut buf = Vec::new();
     file.take(limit + 1)
         .read_to_end(&mut buf)
         .map_err(BoundedReadError::Io)?;
     if buf.len() as u64 > limit {
-        return Err(BoundedReadError::TooLarge(meta.len().max(buf.len() as u64)));
+        return Err(BoundedReadError::TooLarge(size.max(buf.len() as u64)));
     }
     Ok(buf)
+}
+
+/// [`read_flag`] for a flag on the volume `root`, resolved from the root
+/// without following a link in any component ([`crate::beneath`]): a task
+/// directory swapped for a link is refused, naming it. A flag that is not
+/// there is a [`RecordError::Io`] with `NotFound`, as with [`read_flag`].
+pub fn read_flag_beneath(
+    root: &Beneath,
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<u8>, RecordError> {
+    let file = root.open_regular(path).map_err(|e| match e {
+        PathError::Io { source, .. } => RecordError::Io {
+            path: path.to_owned(),
+            source,
+        },
+        other => RecordError::Path(other),
+    })?;
+    read_bounded(file, MAX_FLAG_BYTES).map_err(|e| match e {
+        BoundedReadError::Io(source) => RecordError::Io {
+            path: path.to_owned(),
+            source,
+        },
+        BoundedReadError::TooLarge(bytes) => RecordError::Oversized {
+            path: path.to_owned(),
+            what,
+            bytes,
+        },
+    })
 }
 
 #[cfg(test)]

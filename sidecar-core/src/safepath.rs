@@ -2,15 +2,18 @@
 //!
 //! Relative paths named by the other side (output manifests, input file
 //! lists) are validated lexically ([`validate_relative`]) and then opened one
-//! component at a time with `O_NOFOLLOW` ([`open_beneath`]), so neither `..`,
-//! an absolute path, a symlink (anywhere in the path) nor a hard link to a
-//! file outside the volume can make this side read outside it.
+//! component at a time with `O_NOFOLLOW` from the volume root
+//! ([`open_output`], through [`crate::beneath`]), so neither `..`, an
+//! absolute path, a symlink (anywhere in the path, the task directory and
+//! `output/` included) nor a hard link to a file outside the volume can make
+//! this side read outside it.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+
+use crate::beneath::Beneath;
 
 /// Why a path was refused.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +33,19 @@ pub enum PathError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl PathError {
+    /// The path refused.
+    pub fn path(&self) -> &Path {
+        match self {
+            PathError::Invalid { path, .. } => Path::new(path),
+            PathError::Symlink { path }
+            | PathError::NotRegular { path, .. }
+            | PathError::HardLinked { path, .. }
+            | PathError::Io { path, .. } => path,
+        }
+    }
 }
 
 /// Checks that `rel` is a plain relative path: not empty, not absolute, no
@@ -70,109 +86,33 @@ pub fn validate_relative(rel: &str) -> Result<&Path, PathError> {
     Ok(Path::new(rel))
 }
 
-fn kind_of(mode: u32) -> &'static str {
-    match mode & libc::S_IFMT {
-        libc::S_IFDIR => "directory",
-        libc::S_IFIFO => "FIFO",
-        libc::S_IFSOCK => "socket",
-        libc::S_IFCHR => "character device",
-        libc::S_IFBLK => "block device",
-        libc::S_IFLNK => "symbolic link",
-        _ => "special file",
-    }
-}
-
-fn openat(dir: Option<&OwnedFd>, name: &Path, flags: i32) -> std::io::Result<OwnedFd> {
-    let c = std::ffi::CString::new(name.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
-    // SAFETY: `c` is a valid NUL-terminated string and `dirfd` is either
-    // AT_FDCWD or an open descriptor we own for the duration of the call.
-    let fd = unsafe { libc::openat(dirfd, c.as_ptr(), flags | libc::O_CLOEXEC, 0o644) };
-    if fd < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        // SAFETY: openat returned a fresh descriptor that nothing else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-}
-
 /// Opens `base/rel` for reading without following any symlink below `base`,
 /// and only if it is a regular file with a single link. `base` itself is
 /// trusted (it is the executor's own path to the volume).
 pub fn open_beneath(base: &Path, rel: &str) -> Result<File, PathError> {
+    open_output(&Beneath::new(base), base, rel)
+}
+
+/// Opens the output `rel` of the directory `base`, both resolved from the
+/// volume `root` without following a link in any component (the task
+/// directory and `output/` included), and only if it is a regular file
+/// with a single link.
+pub fn open_output(root: &Beneath, base: &Path, rel: &str) -> Result<File, PathError> {
     let rel_path = validate_relative(rel)?;
     let full = base.join(rel_path);
-    let io = |source: std::io::Error, path: &Path| {
-        if source.raw_os_error() == Some(libc::ELOOP) {
-            PathError::Symlink {
-                path: path.to_owned(),
-            }
-        } else {
-            PathError::Io {
-                path: path.to_owned(),
-                source,
-            }
-        }
-    };
-    let mut dir =
-        openat(None, base, libc::O_RDONLY | libc::O_DIRECTORY).map_err(|e| io(e, base))?;
-    let comps: Vec<_> = rel_path.components().collect();
-    let mut so_far = base.to_path_buf();
-    for (i, c) in comps.iter().enumerate() {
-        let name = Path::new(c.as_os_str());
-        so_far.push(name);
-        let last = i + 1 == comps.len();
-        let flags = if last {
-            // O_NONBLOCK so that a FIFO planted here cannot block the open.
-            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK
-        } else {
-            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_DIRECTORY
-        };
-        let fd = openat(Some(&dir), name, flags).map_err(|e| {
-            let is_link = std::fs::symlink_metadata(&so_far)
-                .map(|m| m.file_type().is_symlink())
-                .unwrap_or(false);
-            match e.raw_os_error() {
-                _ if is_link => PathError::Symlink {
-                    path: so_far.clone(),
-                },
-                Some(libc::ENOTDIR) => PathError::NotRegular {
-                    path: so_far.clone(),
-                    kind: "file where a directory was expected",
-                },
-                _ => io(e, &so_far),
-            }
-        })?;
-        if last {
-            let file = File::from(fd);
-            let meta = file.metadata().map_err(|e| io(e, &full))?;
-            if !meta.file_type().is_file() {
-                return Err(PathError::NotRegular {
-                    path: full,
-                    kind: kind_of(meta.mode()),
-                });
-            }
-            if meta.nlink() != 1 {
-                return Err(PathError::HardLinked {
-                    path: full,
-                    links: meta.nlink(),
-                });
-            }
-            // Back to blocking reads.
-            // SAFETY: fcntl on a descriptor we own.
-            unsafe {
-                let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
-                libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
-            }
-            return Ok(file);
-        }
-        dir = fd;
+    let (dir, name) = root.parent(&full)?;
+    let file = dir.open_regular(name)?;
+    let links = file
+        .metadata()
+        .map_err(|source| PathError::Io {
+            path: full.clone(),
+            source,
+        })?
+        .nlink();
+    if links != 1 {
+        return Err(PathError::HardLinked { path: full, links });
     }
-    Err(PathError::Invalid {
-        path: rel.to_owned(),
-        why: "empty",
-    })
+    Ok(file)
 }
 
 /// Checks that `path` is a real directory, not a symlink to one.

@@ -15,7 +15,6 @@
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
-use std::path::Path;
 
 use sidecar_core::layout::{is_hidden, TaskDir, Volume};
 use sidecar_core::owner::OwnerProbe;
@@ -34,18 +33,23 @@ pub struct Discovery {
 impl Discovery {
     /// Looks at every task directory (at start, and when events were lost).
     pub fn scan(&mut self, volume: &Volume, watch: &Watch, ready: &mut impl FnMut(TaskDir)) {
-        let dir = volume.tasks_dir();
-        let entries = match std::fs::read_dir(&dir) {
+        // Listed from the volume root: a `tasks/` replaced by a link is
+        // refused (and said once), never listed.
+        let entries = match volume.beneath().dir(&volume.tasks_dir()) {
+            Ok(dir) => dir.entries(),
+            Err(e) => Err(e),
+        };
+        let entries = match entries {
             Ok(e) => e,
             Err(e) => {
                 if self.warned.insert(OsString::from("/")) {
-                    tracing::warn!("cannot read {}: {e}", dir.display());
+                    tracing::warn!("cannot read the task directories: {e}");
                 }
                 return;
             }
         };
-        for entry in entries.flatten() {
-            self.consider(volume, watch, &entry.file_name(), ready);
+        for (name, _) in entries {
+            self.consider(volume, watch, &name, ready);
         }
     }
 
@@ -90,7 +94,8 @@ impl Discovery {
             return;
         };
         let task = volume.task(&id);
-        if !is_real_dir(task.root()) {
+        let beneath = volume.beneath();
+        if !beneath.is_dir(task.root()) {
             self.watched.remove(&id);
             return;
         }
@@ -102,11 +107,12 @@ impl Discovery {
             }
             self.watched.insert(id.clone());
         }
-        if exists(&task.start_flag()) || exists(&task.close_flag()) {
+        if beneath.exists(&task.start_flag()) || beneath.exists(&task.close_flag()) {
             ready(task);
         } else if OwnerProbe::open(&task).is_some_and(|o| o.gone()) {
             tracing::info!(task = %id, "the task's owner went away before it started; removing it");
-            let _ = std::fs::remove_dir_all(task.root());
+            // Through descriptors: a link is removed, never followed.
+            let _ = beneath.remove_all(task.root());
             self.watched.remove(&id);
         }
     }
@@ -122,19 +128,11 @@ impl Discovery {
             Some(Err(e)) => e.to_string(),
             None => "not a UTF-8 task id".to_owned(),
         };
-        if self.warned.insert(name.to_owned()) && is_real_dir(&volume.tasks_dir().join(name)) {
+        let path = volume.tasks_dir().join(name);
+        if self.warned.insert(name.to_owned()) && volume.beneath().is_dir(&path) {
             // Debug-quoted: a name is the other side's to choose, newlines too.
-            tracing::warn!("skipping {:?}: {why}", volume.tasks_dir().join(name));
+            tracing::warn!("skipping {path:?}: {why}");
         }
         None
     }
-}
-
-/// A directory, not a link to one.
-fn is_real_dir(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
-}
-
-fn exists(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok()
 }

@@ -8,6 +8,7 @@
 
 use std::ffi::OsString;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,6 +120,7 @@ impl OneshotRunner<'_> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&logfile)
             .map_err(Self::setup_error(logfile.clone()))?;
         let mut s = Spawn::new(self.cmd.program.clone(), self.cmd.args.clone());

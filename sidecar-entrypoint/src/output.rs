@@ -43,12 +43,9 @@ pub fn tail_text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
-/// The last [`TAIL_BYTES`] of a file, as text ("" if it cannot be read).
-pub fn file_tail(path: &std::path::Path) -> String {
+/// The last [`TAIL_BYTES`] of an open file, as text ("" if it cannot be read).
+pub fn tail_of(mut f: std::fs::File) -> String {
     use std::io::{Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return String::new();
-    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let from = len.saturating_sub(TAIL_BYTES as u64 + 4);
     if f.seek(SeekFrom::Start(from)).is_err() {

@@ -26,16 +26,17 @@
 //! written by the same process: a ready record left by an earlier sidecar
 //! beside the pulse of a new one (or the reverse) is not "this sidecar".
 //!
-//! It never writes to the volume, never follows a link, never blocks on a
-//! FIFO planted under a flag's name ([`read_flag`]), and starts no runtime:
-//! its latency is a few file reads.
+//! It never writes to the volume, never follows a link in any component,
+//! never blocks on a FIFO planted under a flag's name
+//! ([`read_flag_beneath`]), and starts no runtime: its latency is a few
+//! file reads.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use sidecar_core::layout::{resolve_volume, Volume};
 use sidecar_core::liveness::Pulse;
-use sidecar_core::record::{read_flag, Ready, RecordError};
+use sidecar_core::record::{read_flag_beneath, Ready, RecordError};
 
 use crate::cli::ProbeArgs;
 use crate::End;
@@ -106,11 +107,14 @@ pub fn probe(volume: &Volume, now: SystemTime, max_age: Duration) -> Result<Heal
             path: volume.root().to_owned(),
         });
     }
+    // From the volume root, never through a link (`sidecar/` included).
+    let beneath = volume.beneath();
     let path = volume.ready();
-    let bytes = read_flag(&path, "ready record").map_err(|e| missing_or(e, &path))?;
+    let bytes =
+        read_flag_beneath(&beneath, &path, "ready record").map_err(|e| missing_or(e, &path))?;
     let ready = Ready::parse(&bytes, &path).map_err(Unhealthy::BadReady)?;
     let path = volume.heartbeat();
-    let bytes = read_flag(&path, "heartbeat").map_err(|e| match e {
+    let bytes = read_flag_beneath(&beneath, &path, "heartbeat").map_err(|e| match e {
         RecordError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             Unhealthy::NoHeartbeat { path: path.clone() }
         }

@@ -10,24 +10,24 @@
 //! one the library tests.
 
 use std::collections::HashSet;
-use std::ffi::OsString;
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::ffi::{OsStr, OsString};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use sidecar_core::atomic::{write_atomic, Durability};
+use sidecar_core::atomic::{write_atomic_beneath, Durability};
 use sidecar_core::files::{FileFlags, StopSender, TaskFiles};
 use sidecar_core::id::TaskId;
-use sidecar_core::layout::{TaskDir, Volume};
+use sidecar_core::layout::{self, TaskDir, Volume};
 use sidecar_core::liveness::{Beater, Liveness, Monitor};
 use sidecar_core::manifest::ManifestError;
 use sidecar_core::owner;
 use sidecar_core::protocol::{self, Event, Finish, FlagWriter, ProtocolError, Reject, Runner};
-use sidecar_core::record::{read_flag, Outcome, OutputFile, Ready, Status, TaskSpec, Timestamp};
+use sidecar_core::record::{
+    read_flag_beneath, Outcome, OutputFile, Ready, Status, TaskSpec, Timestamp,
+};
+use sidecar_core::safepath::PathError;
 use sidecar_core::wait::{WaitError, Watch};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
@@ -96,13 +96,12 @@ async fn run_inner(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> anyhow::Resul
     }
     // A ready record from an earlier sidecar must not announce this one
     // before its init scripts ran.
-    match std::fs::remove_file(volume.ready()) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot remove {}", volume.ready().display()))
-        }
-    }
+    // From the volume root: a `sidecar/` that is a link is refused, and
+    // nothing behind it is removed.
+    volume
+        .beneath()
+        .remove_all(&volume.ready())
+        .with_context(|| format!("cannot remove {}", volume.ready().display()))?;
     let env = vec![(OsString::from("SHARED_DIR"), root.clone().into_os_string())];
     if let Err(e) = crate::init::run_all(ctx, &args.init_scripts, &env).await {
         return Ok(End::InitFailed(e.into()));
@@ -120,8 +119,8 @@ async fn run_inner(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> anyhow::Resul
             .add(dir)
             .with_context(|| format!("cannot watch {}", dir.display()))?;
     }
-    let beater =
-        Beater::start(volume.heartbeat(), args.heartbeat).context("cannot start the heartbeat")?;
+    let beater = Beater::start_beneath(volume.beneath(), volume.heartbeat(), args.heartbeat)
+        .context("cannot start the heartbeat")?;
     let ready = Ready {
         protocol: sidecar_core::record::PROTOCOL_VERSION,
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -130,7 +129,12 @@ async fn run_inner(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> anyhow::Resul
         started_at: Timestamp::now(),
     };
     let bytes = serde_json::to_vec(&ready).context("cannot encode the ready record")?;
-    write_atomic(&volume.ready(), &bytes, Durability::Visible)?;
+    write_atomic_beneath(
+        &volume.beneath(),
+        &volume.ready(),
+        &bytes,
+        Durability::Visible,
+    )?;
     tracing::info!(volume = %root.display(), parallel, command = %cmd.shown, polling = watch.is_polling(), "serving");
 
     let server = Arc::new(Server {
@@ -215,7 +219,8 @@ fn orphaned(server: &Server, args: &RunArgs, lease: &mut Option<Monitor>) -> Opt
     let now = Instant::now();
     match lease.as_mut() {
         None if server.volume.lease().exists() => {
-            *lease = Some(Monitor::new(server.volume.lease(), args.lease_timeout, now));
+            let monitor = Monitor::new(server.volume.lease(), args.lease_timeout, now);
+            *lease = Some(monitor.beneath(server.volume.beneath()));
             None
         }
         None => None,
@@ -258,8 +263,9 @@ async fn wait_pending(server: &Server, limit: Option<Duration>) -> bool {
 async fn drive_task(server: Arc<Server>, task: TaskDir) {
     let id = task.id().clone();
     // Any done flag counts (an unreadable one too: the task may have run).
-    let done_before = std::fs::symlink_metadata(task.done_flag()).ok().map(|_| {
-        read_flag(&task.done_flag(), "outcome")
+    let beneath = task.beneath();
+    let done_before = beneath.exists(&task.done_flag()).then(|| {
+        read_flag_beneath(&beneath, &task.done_flag(), "outcome")
             .ok()
             .and_then(|b| Outcome::parse(&b, &task.done_flag()).ok())
             .map_or(Status::Failed, |o| o.status)
@@ -301,9 +307,13 @@ async fn drive_task(server: Arc<Server>, task: TaskDir) {
         }
         Err(e) => {
             tracing::warn!("{e}");
-            // Forget a task whose directory is gone; keep one that is
+            // Forget a task whose directory is gone (or was replaced by a
+            // link, which is removed, never followed); keep one that is
             // still there, so it is not run twice.
-            if !parts.task.root().exists() {
+            if parts.flags.files().gone() {
+                if let Err(e) = parts.flags.cleanup(&id) {
+                    tracing::warn!("{e}");
+                }
                 lock(&server.active).remove(&id);
             }
         }
@@ -355,12 +365,12 @@ impl TaskParts {
             }
         };
         let cancel_flag = self.task.cancel_flag();
-        let root = self.task.root().to_owned();
+        let files = self.flags.files();
         let flag = self.server.watch.wait_until_async("cancel_flag", None, || {
-            Ok::<_, WaitError>(if cancel_flag.exists() {
+            Ok::<_, WaitError>(if files.exists(&cancel_flag) {
                 Some("cancel_flag".to_owned())
-            } else if !root.exists() {
-                Some("the task directory was removed".to_owned())
+            } else if files.gone() {
+                Some("the task directory was removed (or replaced by a link)".to_owned())
             } else if self.flags.owner_gone() {
                 Some(OWNER_GONE.to_owned())
             } else {
@@ -374,31 +384,25 @@ impl TaskParts {
         }
     }
 
-    /// Creates `output/` and opens the capture files, never through links.
+    /// Creates `output/` and opens the capture files, from the volume root
+    /// and never through a link.
     fn prepare(&self) -> Result<(std::fs::File, std::fs::File), Reject> {
-        let out = self.task.output();
-        match std::fs::symlink_metadata(&out) {
-            Ok(_) => {
-                sidecar_core::safepath::ensure_real_dir(&out).map_err(|e| Reject::Refused {
-                    path: out.clone(),
-                    why: e.to_string(),
-                })?
-            }
-            Err(_) => std::fs::create_dir(&out).map_err(|source| Reject::Setup {
-                path: out.clone(),
-                source,
-            })?,
-        }
-        let open = |p: PathBuf| {
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&p)
-                .map_err(|source| Reject::Setup { path: p, source })
+        let refused = |e: PathError| Reject::Refused {
+            path: e.path().to_owned(),
+            why: e.to_string(),
         };
-        Ok((open(self.task.stdout())?, open(self.task.stderr())?))
+        let dir = self.task.beneath().dir(self.task.root()).map_err(refused)?;
+        let out = OsStr::new(layout::OUTPUT_DIR);
+        match dir.kind(out).map_err(refused)? {
+            Some(_) => drop(dir.open_dir(out).map_err(refused)?),
+            None => drop(dir.mkdir(out, 0o755).map_err(refused)?),
+        }
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
+        let open = |name: &str| {
+            dir.open_file(OsStr::new(name), flags, 0o644)
+                .map_err(refused)
+        };
+        Ok((open(layout::STDOUT)?, open(layout::STDERR)?))
     }
 
     /// Starts the logic once a slot is free: `Err(None)` if the task was
@@ -454,7 +458,12 @@ impl Runner for TaskParts {
             .supervise(deadline, self.cancelled(), self.server.ctx.grace)
             .await;
         drop(_slot);
-        let tail = crate::output::file_tail(&self.task.stderr());
+        let tail = self
+            .task
+            .beneath()
+            .open_regular(&self.task.stderr())
+            .map(crate::output::tail_of)
+            .unwrap_or_default();
         Event::Exited(exit_from(&ended, tail))
     }
 }

@@ -21,9 +21,9 @@
 //! staged input is a FIFO, which counts as staged.
 
 use std::ffi::OsString;
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
+use sidecar_core::beneath::{Dir, Kind};
 use sidecar_core::layout::{is_hidden, TaskDir};
 use sidecar_core::protocol::Reject;
 use sidecar_core::{Format, TaskSpec};
@@ -45,7 +45,7 @@ pub fn resolve(task: &TaskDir, spec: &TaskSpec) -> Result<Resolved, Reject> {
     let dir = task.input();
     let named: &[String] = spec.input.as_ref().map_or(&[], |i| &i.files);
     let spec_format = spec.input.as_ref().and_then(|i| i.format);
-    let staged = staged_files(&dir, spec.stream);
+    let staged = staged_files(task, &dir, spec.stream);
     let input = if let Some(first) = named.first() {
         for f in named {
             let rel = sidecar_core::safepath::validate_relative(f)
@@ -133,29 +133,36 @@ fn refused(task: &TaskDir, why: String) -> Reject {
 }
 
 /// The names of the staged inputs (regular files; FIFOs too in stream
-/// mode), sorted, dot-files skipped. Nested names are `dir/name`.
-fn staged_files(dir: &Path, stream: bool) -> Vec<PathBuf> {
+/// mode), sorted, dot-files and links skipped. Nested names are
+/// `dir/name`. Listed from the volume root without following a link, so a
+/// linked `input/` lists nothing.
+fn staged_files(task: &TaskDir, dir: &Path, stream: bool) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    collect(dir, Path::new(""), stream, &mut out);
+    if let Ok(dir) = task.beneath().dir(dir) {
+        collect(&dir, Path::new(""), stream, &mut out);
+    }
     out.sort();
     out
 }
 
-fn collect(dir: &Path, prefix: &Path, stream: bool, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+fn collect(dir: &Dir, prefix: &Path, stream: bool, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = dir.entries() else {
         return;
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Ok(ft) = entry.file_type() else { continue };
-        if is_hidden(&name) || ft.is_symlink() {
+    for (name, kind) in entries {
+        if is_hidden(&name) {
             continue;
         }
         let rel = prefix.join(&name);
-        if ft.is_dir() {
-            collect(&entry.path(), &rel, stream, out);
-        } else if ft.is_file() || (stream && ft.is_fifo()) {
-            out.push(rel);
+        match kind {
+            Kind::Dir => {
+                if let Ok(sub) = dir.open_dir(&name) {
+                    collect(&sub, &rel, stream, out);
+                }
+            }
+            Kind::File => out.push(rel),
+            Kind::Fifo if stream => out.push(rel),
+            _ => {}
         }
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sidecar_core::atomic::{self, Durability};
-use sidecar_core::record::read_flag;
+use sidecar_core::record::read_flag_beneath;
 use sidecar_core::Volume;
 
 use crate::error::ShimError;
@@ -43,7 +43,10 @@ pub(super) struct OwnerRecord {
 impl OwnerRecord {
     pub fn read(vol: &Volume) -> Option<Self> {
         let path = vol.executor_dir().join(OWNER_RECORD);
-        serde_json::from_slice(&read_flag(&path, "owner record").ok()?).ok()
+        // From the volume root, never through a link: the record names the
+        // processes this side may stop.
+        let bytes = read_flag_beneath(&vol.beneath(), &path, "owner record").ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     pub fn write(&self, vol: &Volume) -> Result<(), ShimError> {
@@ -52,7 +55,7 @@ impl OwnerRecord {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        atomic::write_atomic(&path, &bytes, Durability::Visible)?;
+        atomic::write_atomic_beneath(&vol.beneath(), &path, &bytes, Durability::Visible)?;
         Ok(())
     }
 

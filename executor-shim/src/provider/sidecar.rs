@@ -21,8 +21,8 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
 use sidecar_core::atomic;
-use sidecar_core::liveness::{read_pulse, Beater};
-use sidecar_core::record::{read_flag, RecordError};
+use sidecar_core::liveness::{read_pulse_beneath, Beater};
+use sidecar_core::record::{read_flag_beneath, RecordError};
 use sidecar_core::wait::{Watch, WatchConfig, DEFAULT_POLL};
 use sidecar_core::{Ready, Volume};
 
@@ -135,7 +135,7 @@ impl Sidecar {
         let users = locks::open_unlocked(&vol.users_lock())?;
         if let Some(ready) = live_sidecar(&vol, &opts, &users) {
             locks::flock(&users, libc::LOCK_SH, wait, &vol.users_lock())?;
-            let lease = Beater::start(vol.lease(), opts.lease_interval)?;
+            let lease = Beater::start_beneath(vol.beneath(), vol.lease(), opts.lease_interval)?;
             let record = OwnerRecord::read(&vol).unwrap_or_default();
             tracing::info!(
                 "joining the sidecar (pid {}) already serving {}",
@@ -183,7 +183,7 @@ impl Sidecar {
     }
 
     fn attach(vol: Volume, watch: Watch, opts: SidecarOptions) -> Result<Self, ShimError> {
-        let lease = Beater::start(vol.lease(), opts.lease_interval)?;
+        let lease = Beater::start_beneath(vol.beneath(), vol.lease(), opts.lease_interval)?;
         let health = Health::new(&vol, opts.stale_after, None);
         let ready = wait_ready(&vol, &watch, &opts, None, false)?;
         Ok(Self::assemble(
@@ -210,7 +210,7 @@ impl Sidecar {
     ) -> Result<Self, ShimError> {
         clear_leftovers(&vol, &opts);
         // The lease is fresh before the sidecar starts watching it.
-        let lease = Beater::start(vol.lease(), opts.lease_interval)?;
+        let lease = Beater::start_beneath(vol.beneath(), vol.lease(), opts.lease_interval)?;
         let launched = Launched::spawn(&vol, &opts, provider)?;
         let health = Health::new(&vol, opts.stale_after, Some(launched.probe()));
         let ready = wait_ready(&vol, &watch, &opts, Some(launched.probe()), true)?;
@@ -409,8 +409,11 @@ fn clear_leftovers(vol: &Volume, opts: &SidecarOptions) {
             let _ = stop_sidecar(vol, &orphan, opts.grace());
         }
     }
+    // From the volume root: a `sidecar/` swapped for a link is refused,
+    // and nothing behind it is removed.
+    let beneath = vol.beneath();
     for stale in [vol.ready(), vol.heartbeat(), vol.close_flag()] {
-        let _ = std::fs::remove_file(stale);
+        let _ = beneath.remove_all(&stale);
     }
 }
 
@@ -522,7 +525,8 @@ fn wait_ready(
     };
     watch.add(&watched)?;
     let path = vol.ready();
-    let first = read_pulse(&vol.heartbeat());
+    let beneath = vol.beneath();
+    let first = read_pulse_beneath(&beneath, &vol.heartbeat());
     let not_ready = |detail: String| ShimError::NotReady {
         volume: vol.root().to_owned(),
         waited: start.elapsed(),
@@ -532,9 +536,9 @@ fn wait_ready(
         &path.display().to_string(),
         Some(start + opts.ready_timeout),
         || {
-            if let Some(ready) = read_ready(&path)? {
-                let changed =
-                    read_pulse(&vol.heartbeat()).is_some_and(|p| Some(&p) != first.as_ref());
+            if let Some(ready) = read_ready(vol, &path)? {
+                let changed = read_pulse_beneath(&beneath, &vol.heartbeat())
+                    .is_some_and(|p| Some(&p) != first.as_ref());
                 if fresh || changed {
                     return Ok(Some(ready));
                 }
@@ -570,9 +574,10 @@ fn wait_ready(
     })
 }
 
-/// The ready record, if there is one yet.
-fn read_ready(path: &Path) -> Result<Option<Ready>, ShimError> {
-    match read_flag(path, "ready record") {
+/// The ready record, if there is one yet; read from the volume root,
+/// never through a link.
+fn read_ready(vol: &Volume, path: &Path) -> Result<Option<Ready>, ShimError> {
+    match read_flag_beneath(&vol.beneath(), path, "ready record") {
         Ok(bytes) => Ok(Some(Ready::parse(&bytes, path)?)),
         Err(RecordError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             Ok(None)
@@ -595,15 +600,15 @@ fn live_sidecar(vol: &Volume, opts: &SidecarOptions, users: &File) -> Option<Rea
             return None;
         }
     }
-    let ready = read_ready(&vol.ready()).ok()??;
-    let hb = vol.heartbeat();
-    let first = read_pulse(&hb)?;
+    let ready = read_ready(vol, &vol.ready()).ok()??;
+    let (hb, beneath) = (vol.heartbeat(), vol.beneath());
+    let first = read_pulse_beneath(&beneath, &hb)?;
     // Judging a slow sidecar dead would start a second one on the volume:
     // give it the whole staleness bound (a live one beats much sooner).
     let deadline = Instant::now() + opts.stale_after;
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(25));
-        if read_pulse(&hb).is_some_and(|now| now != first) {
+        if read_pulse_beneath(&beneath, &hb).is_some_and(|now| now != first) {
             return Some(ready);
         }
     }
