@@ -12,20 +12,34 @@
 //!
 //! A directory still being staged whose owner is gone (its executor-side
 //! process died: [`sidecar_core::owner`]) is removed: nobody will start it.
+//! A lock released by a dying process makes no inotify event, so staged
+//! directories that have an owner are looked at again every
+//! [`SWEEP_EVERY`] ([`Discovery::sweep`]); directories without one (an
+//! executor that does not lock) cost nothing there.
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
+use std::time::{Duration, Instant};
 
 use sidecar_core::layout::{is_hidden, TaskDir, Volume};
 use sidecar_core::owner::OwnerProbe;
 use sidecar_core::wait::{Changes, Watch};
 use sidecar_core::TaskId;
 
+/// How often staged task directories with a live owner are looked at
+/// again, to see whether the owner died.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// What discovery knows of the task directories.
 #[derive(Debug, Default)]
 pub struct Discovery {
     /// Task directories with a watch of their own.
     watched: HashSet<TaskId>,
+    /// Staged (not started) task directories whose owner held its lock at
+    /// the last look.
+    staged: HashSet<TaskId>,
+    /// When [`Discovery::sweep`] last looked at them.
+    swept: Option<Instant>,
     /// Names already warned about (invalid ids), so each is said once.
     warned: HashSet<OsString>,
 }
@@ -80,6 +94,19 @@ impl Discovery {
         }
     }
 
+    /// Looks again at the staged task directories with an owner, at most
+    /// every [`SWEEP_EVERY`]: their owner may have died since.
+    pub fn sweep(&mut self, volume: &Volume, watch: &Watch, ready: &mut impl FnMut(TaskDir)) {
+        if self.swept.is_some_and(|t| t.elapsed() < SWEEP_EVERY) {
+            return;
+        }
+        self.swept = Some(Instant::now());
+        let staged: Vec<TaskId> = self.staged.drain().collect();
+        for id in staged {
+            self.consider(volume, watch, OsStr::new(id.as_str()), ready);
+        }
+    }
+
     /// One look at `tasks/<name>`: watched from now on, handed to `ready`
     /// once it has a start (or close) flag, removed if its owner died
     /// while it was staged, forgotten once gone.
@@ -95,6 +122,7 @@ impl Discovery {
         };
         let task = volume.task(&id);
         let beneath = volume.beneath();
+        self.staged.remove(&id);
         if !beneath.is_dir(task.root()) {
             self.watched.remove(&id);
             return;
@@ -108,12 +136,19 @@ impl Discovery {
             self.watched.insert(id.clone());
         }
         if beneath.exists(&task.start_flag()) || beneath.exists(&task.close_flag()) {
-            ready(task);
-        } else if OwnerProbe::open(&task).is_some_and(|o| o.gone()) {
-            tracing::info!(task = %id, "the task's owner went away before it started; removing it");
-            // Through descriptors: a link is removed, never followed.
-            let _ = beneath.remove_all(task.root());
-            self.watched.remove(&id);
+            return ready(task);
+        }
+        match OwnerProbe::open(&task).map(|o| o.gone()) {
+            Some(true) => {
+                tracing::info!(task = %id, "the task's owner went away before it started; removing it");
+                // Through descriptors: a link is removed, never followed.
+                let _ = beneath.remove_all(task.root());
+                self.watched.remove(&id);
+            }
+            Some(false) => {
+                self.staged.insert(id);
+            }
+            None => {}
         }
     }
 

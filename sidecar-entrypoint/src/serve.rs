@@ -194,6 +194,7 @@ async fn serve_loop(server: &Arc<Server>, args: &RunArgs) -> End {
         let seen = server.watch.generation();
         let changes = server.watch.take_changes();
         discovery.update(&server.volume, &server.watch, changes, &mut start);
+        discovery.sweep(&server.volume, &server.watch, &mut start);
         tokio::select! {
             () = server.watch.wait_changed_async(seen, tick) => {}
             _ = server.ctx.shutdown_signal() => {}
