@@ -13,24 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sidecar_core::files::{ExecutorFlags, FileFlags, Stop, TaskFiles};
-use sidecar_core::protocol::{self, Event, Exit, Runner};
+use sidecar_core::protocol::{self, NoopRunner};
 use sidecar_core::wait::{WaitError, Watch, WatchConfig};
 use sidecar_core::{TaskId, TaskSpec, Volume};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
-
-/// The no-op logic.
-struct Noop;
-
-impl Runner for Noop {
-    type Child = ();
-    async fn spawn(&self, _task: &TaskId, _spec: &TaskSpec) -> Event<()> {
-        Event::Spawned(())
-    }
-    async fn wait(&self, _task: &TaskId, _spec: &TaskSpec, _child: ()) -> Event<()> {
-        Event::Exited(Exit::code(0))
-    }
-}
 
 /// The sidecar side: drives tasks `0..n` as their directories appear.
 fn sidecar(volume: Volume, n: u64) -> Result<(), Error> {
@@ -52,7 +39,7 @@ fn sidecar(volume: Volume, n: u64) -> Result<(), Error> {
             // Armed before the flags are looked at: nothing is missed.
             watch.add(&root)?;
             let flags = FileFlags::new(TaskFiles::serve(&task), Arc::clone(&watch), Stop::never());
-            protocol::drive(&id, &flags, &Noop, &flags).await?;
+            protocol::drive(&id, &flags, &NoopRunner, &flags).await?;
         }
         Ok(())
     })

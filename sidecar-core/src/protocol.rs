@@ -196,6 +196,21 @@ pub trait Runner: Send + Sync {
     ) -> impl Future<Output = Event<Self::Child>> + Send;
 }
 
+/// A [`Runner`] whose logic does nothing and succeeds at once: what is
+/// left is the protocol's own cost (the bench, the handshake example).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoopRunner;
+
+impl Runner for NoopRunner {
+    type Child = ();
+    async fn spawn(&self, _task: &TaskId, _spec: &TaskSpec) -> Event<()> {
+        Event::Spawned(())
+    }
+    async fn wait(&self, _task: &TaskId, _spec: &TaskSpec, _child: ()) -> Event<()> {
+        Event::Exited(Exit::code(0))
+    }
+}
+
 /// Writes what the sidecar reports, and cleans up.
 pub trait FlagWriter: Send + Sync {
     /// The manifest of the task's outputs (after a successful run).

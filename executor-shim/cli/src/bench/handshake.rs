@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context};
 use sidecar_core::atomic;
 use sidecar_core::files::{ExecutorFlags, FileFlags, Stop, TaskFiles};
-use sidecar_core::protocol::{self, Event, Exit, Finish, Runner};
+use sidecar_core::protocol::{self, Finish, NoopRunner};
 use sidecar_core::wait::{WaitError, Watch, WatchConfig, WatchMode};
 use sidecar_core::{TaskId, TaskSpec, Volume};
 
@@ -108,27 +108,13 @@ pub fn peer_noop(dir: &Path, n: usize, cfg: WatchConfig) -> anyhow::Result<()> {
             // Armed before the flags are looked at: nothing is missed.
             watch.add(&root)?;
             let flags = FileFlags::new(TaskFiles::serve(&task), Arc::clone(&watch), Stop::never());
-            match protocol::drive(&id, &flags, &Noop, &flags).await? {
+            match protocol::drive(&id, &flags, &NoopRunner, &flags).await? {
                 Finish::Done { outcome, .. } if outcome.succeeded() => {}
                 other => bail!("{id}: {other:?}"),
             }
         }
         Ok(())
     })
-}
-
-/// The no-op logic.
-#[derive(Debug)]
-struct Noop;
-
-impl Runner for Noop {
-    type Child = ();
-    async fn spawn(&self, _task: &TaskId, _spec: &TaskSpec) -> Event<()> {
-        Event::Spawned(())
-    }
-    async fn wait(&self, _task: &TaskId, _spec: &TaskSpec, _child: ()) -> Event<()> {
-        Event::Exited(Exit::code(0))
-    }
 }
 
 /// A raw inotify instance on one directory, reporting created names.
