@@ -495,8 +495,10 @@ impl<'c> Run<'c> {
 
     fn write_start(&self) -> Result<(), ShimError> {
         self.flags.start(&self.spec())?;
-        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) =
-            self.request.timeout.map(|t| Instant::now() + t);
+        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) = self
+            .request
+            .timeout
+            .map(|t| sidecar_core::time::deadline_after(Instant::now(), t));
         Ok(())
     }
 

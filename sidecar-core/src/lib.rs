@@ -67,6 +67,7 @@
 //! | [`owner`] | who holds a task or the sidecar on the executor side (`flock`) |
 //! | [`safepath`], [`manifest`] | path safety, output manifests and verified reads |
 //! | [`procfs`] | the few `/proc` facts both sides read |
+//! | [`time`] | duration flags and deadlines that never overflow |
 //!
 //! ## Known problems
 //!
@@ -114,6 +115,7 @@ pub mod protocol;
 pub mod record;
 pub mod safepath;
 pub mod state;
+pub mod time;
 pub mod wait;
 
 pub use id::TaskId;

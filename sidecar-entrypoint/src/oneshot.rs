@@ -172,7 +172,10 @@ impl Runner for OneshotRunner<'_> {
 
     async fn wait(&self, _task: &TaskId, spec: &TaskSpec, running: Running) -> Event<Running> {
         let limit = spec.timeout().or(self.timeout);
-        let deadline = limit.map(|l| (tokio::time::Instant::now() + l, l));
+        let deadline = limit.map(|l| {
+            let now = tokio::time::Instant::now();
+            (sidecar_core::time::tokio_deadline_after(now, l), l)
+        });
         let ended = running
             .child
             .supervise(deadline, self.ctx.shutdown_cancel(), self.ctx.grace)

@@ -164,7 +164,11 @@ async fn serve_loop(server: &Arc<Server>, args: &RunArgs) -> End {
                 .stop
                 .raise(server.ctx.stop().reason().unwrap_or_default());
             tracing::info!("stopping: waiting for in-flight tasks to record their outcome");
-            let clean = wait_pending(server, Some(server.ctx.grace + SHUTDOWN_SLACK)).await;
+            let clean = wait_pending(
+                server,
+                Some(server.ctx.grace.saturating_add(SHUTDOWN_SLACK)),
+            )
+            .await;
             return End::stopped(sig, clean, args.exit_zero_on_sigterm);
         }
         if server.volume.close_flag().exists() {
@@ -182,7 +186,11 @@ async fn serve_loop(server: &Arc<Server>, args: &RunArgs) -> End {
             });
             if args.exit_on_orphan {
                 server.stop.raise(DRAINING);
-                wait_pending(server, Some(server.ctx.grace + SHUTDOWN_SLACK)).await;
+                wait_pending(
+                    server,
+                    Some(server.ctx.grace.saturating_add(SHUTDOWN_SLACK)),
+                )
+                .await;
                 tracing::info!("orphaned (--exit-on-orphan): exiting");
                 return End::Success;
             }
@@ -448,7 +456,10 @@ impl Runner for TaskParts {
 
     async fn wait(&self, _task: &TaskId, spec: &TaskSpec, running: Running) -> Event<Running> {
         let limit = spec.timeout().or(self.server.timeout);
-        let deadline = limit.map(|l| (tokio::time::Instant::now() + l, l));
+        let deadline = limit.map(|l| {
+            let now = tokio::time::Instant::now();
+            (sidecar_core::time::tokio_deadline_after(now, l), l)
+        });
         let Running { child, _slot } = running;
         let ended = child
             .supervise(deadline, self.cancelled(), self.server.ctx.grace)

@@ -279,7 +279,7 @@ impl Supervisor {
     /// goes, until none is left or `limit` passes. Returns how many it killed.
     pub async fn kill_descendants(&self, limit: Duration) -> usize {
         let me = std::process::id() as i32;
-        let deadline = Instant::now() + limit;
+        let deadline = sidecar_core::time::tokio_deadline_after(Instant::now(), limit);
         let mut killed = 0;
         loop {
             for g in self.groups() {
@@ -382,7 +382,7 @@ impl Child {
             "stopping: {first} to the process group"
         );
         self.signal_group(first);
-        let until = Instant::now() + grace;
+        let until = sidecar_core::time::tokio_deadline_after(Instant::now(), grace);
         while self.group_alive() && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(20)).await;
             self.supervisor.reap();
