@@ -146,6 +146,7 @@ mod check;
 mod cli;
 mod discovery;
 mod init;
+mod log;
 mod oneshot;
 mod output;
 mod probe;
@@ -303,10 +304,10 @@ fn become_subreaper() {
     // SAFETY: prctl with integer arguments only.
     let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     if r != 0 {
-        eprintln!(
-            "sidecar-entrypoint: warning: cannot become a child subreaper ({}); orphans of the logic will not be reaped by us",
+        log::plain(&format!(
+            "warning: cannot become a child subreaper ({}); orphans of the logic will not be reaped by us",
             std::io::Error::last_os_error()
-        );
+        ));
     }
 }
 
@@ -317,7 +318,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(log::Writer)
         .with_ansi(false);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -326,6 +327,8 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    log::ensure_std_fds();
+    log::start();
     become_subreaper();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -351,13 +354,14 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("sidecar-entrypoint: cannot start the runtime: {e}");
+            log::plain(&format!("cannot start the runtime: {e}"));
+            log::flush(Duration::from_secs(1));
             return ExitCode::from(exit_code(&End::Internal(e.into())));
         }
     };
     let end = rt.block_on(run(cli));
     match &end {
-        End::Usage(msg) => eprintln!("sidecar-entrypoint: {msg}"),
+        End::Usage(msg) => log::plain(msg),
         End::InitFailed(e) | End::Internal(e) => tracing::error!("{e:#}"),
         _ => {}
     }
@@ -365,6 +369,7 @@ fn main() -> ExitCode {
     tracing::debug!(?end, code, "exiting");
     // Do not wait for blocked threads (a stuck output pump, the watcher).
     rt.shutdown_timeout(Duration::from_millis(100));
+    log::flush(Duration::from_secs(1));
     ExitCode::from(code)
 }
 

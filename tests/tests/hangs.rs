@@ -79,3 +79,117 @@ fn durations_too_long_for_the_clock_are_refused_or_saturate() {
     });
     assert_eq!(got.unwrap().num_rows(), 3);
 }
+
+/// Waits up to `limit` for `child` to exit.
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let until = std::time::Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        if std::time::Instant::now() >= until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits up to `limit` for `path` to exist.
+fn wait_file(path: &std::path::Path, limit: Duration) -> bool {
+    let until = std::time::Instant::now() + limit;
+    while !path.exists() {
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// `sidecar-entrypoint ... 2>&1 | head -1`: once the reader is gone every
+/// log line fails with EPIPE. The entrypoint neither dies of it (exit 101,
+/// its logic orphaned) nor loses its SIGTERM handling: SIGTERM still stops
+/// the logic, records the outcome and exits 143.
+#[test]
+fn a_log_pipe_with_no_reader_neither_kills_nor_deafens_the_entrypoint() {
+    use std::io::BufRead;
+    let s = Scratch::new("logpipe");
+    let vol = s.volume("v");
+    let (reader, writer) = std::io::pipe().unwrap();
+    let mut child = Command::new(common::entrypoint())
+        .arg("--volume")
+        .arg(&vol)
+        .args(["--grace", "1s", "--", "sh", "-c"])
+        .arg("for i in 1 2 3 4 5; do echo line$i; done; exec sleep 100")
+        .stdout(writer.try_clone().unwrap())
+        .stderr(writer)
+        .spawn()
+        .unwrap();
+    // `head -1`: one line, then the reader is gone.
+    let mut first = String::new();
+    std::io::BufReader::new(reader)
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("waiting for start_flag"), "{first}");
+    sidecar_core::atomic::touch_atomic(&vol.join("start_flag")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        child.try_wait().unwrap(),
+        None,
+        "the entrypoint died of its log pipe"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(143),
+        "SIGTERM was not obeyed"
+    );
+    let done = std::fs::read_to_string(vol.join("done_flag")).unwrap();
+    assert!(done.contains("\"cancelled\""), "{done}");
+    assert!(done.contains("SIGTERM"), "{done}");
+    assert_eq!(s.wait_no_leftovers(Duration::from_secs(5)), vec![]);
+}
+
+/// With stderr (and stdout) closed, the entrypoint runs its task to the end
+/// and its log lands nowhere else: not in a flag, not in `logfile`.
+#[test]
+fn closed_std_descriptors_do_not_redirect_the_log_into_the_volume() {
+    use std::os::unix::process::CommandExt;
+    let s = Scratch::new("closedfds");
+    let vol = s.volume("v");
+    let mut cmd = Command::new(common::entrypoint());
+    cmd.arg("--volume")
+        .arg(&vol)
+        .args(["--", "sh", "-c", "echo from-the-logic"]);
+    // SAFETY: close(2) is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::close(1);
+            libc::close(2);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    sidecar_core::atomic::touch_atomic(&vol.join("start_flag")).unwrap();
+    assert!(wait_file(&vol.join("done_flag"), Duration::from_secs(10)));
+    sidecar_core::atomic::touch_atomic(&vol.join("close_flag")).unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    let log = std::fs::read_to_string(vol.join("logfile")).unwrap();
+    assert_eq!(log.lines().count(), 1, "{log}");
+    assert!(log.ends_with(" from-the-logic\n"), "{log}");
+    let done = std::fs::read_to_string(vol.join("done_flag")).unwrap();
+    assert!(done.contains("\"succeeded\""), "{done}");
+    assert!(!done.contains("INFO"), "{done}");
+}
