@@ -56,7 +56,10 @@
 //! process group with `setpgid` (never `setsid`: seccomp profiles such as
 //! Foundry's kill it).
 //!
-//! On SIGTERM or SIGINT it forwards the signal to every running logic's
+//! On SIGTERM or SIGINT (or any other signal whose default would end it
+//! and that it may catch: SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, the
+//! real-time signals, ...; see [`supervisor::stop_signals`]) it forwards the
+//! signal (SIGTERM for the ones that do not mean "stop") to every running logic's
 //! process group, sends SIGKILL after `--grace`, records the outcome
 //! (`done_flag` with status `cancelled`, the reason naming the signal), kills
 //! every remaining descendant (found through `/proc`), and exits 128+signal.
@@ -245,7 +248,7 @@ pub fn exit_code(end: &End) -> u8 {
 #[derive(Debug, Clone)]
 pub struct Ctx {
     pub sup: Supervisor,
-    /// Set to the signal number when SIGTERM or SIGINT arrives.
+    /// Set to the signal number when a stop signal arrives.
     pub shutdown: watch::Receiver<Option<i32>>,
     /// Raised at the same time, with the reason naming the signal: ends the
     /// protocol's waits.
@@ -286,8 +289,7 @@ impl Ctx {
                 "the sidecar entrypoint received {}",
                 supervisor::signal_name(s)
             ),
-            signal: nix::sys::signal::Signal::try_from(s)
-                .unwrap_or(nix::sys::signal::Signal::SIGTERM),
+            signal: supervisor::forwarded(s),
         }
     }
 
@@ -379,11 +381,16 @@ async fn run(cli: Cli) -> End {
     let (tx, rx) = watch::channel(None);
     let (stop_tx, stop) = Stop::new();
     let stop_tx = std::sync::Arc::new(stop_tx);
-    for kind in [
-        tokio::signal::unix::SignalKind::terminate(),
-        tokio::signal::unix::SignalKind::interrupt(),
-        tokio::signal::unix::SignalKind::hangup(),
-    ] {
+    // SIGXFSZ would kill us when a write passes a file size limit: caught
+    // and dropped, the write fails with EFBIG instead, as SIGPIPE's with
+    // EPIPE. (Caught, not ignored: the logic gets the default back at exec.)
+    if let Err(e) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ))
+    {
+        tracing::warn!("cannot handle SIGXFSZ: {e}");
+    }
+    for raw in supervisor::stop_signals() {
+        let kind = tokio::signal::unix::SignalKind::from_raw(raw);
         match tokio::signal::unix::signal(kind) {
             Ok(mut s) => {
                 let (tx, stop_tx) = (tx.clone(), std::sync::Arc::clone(&stop_tx));
