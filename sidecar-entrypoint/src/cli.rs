@@ -146,10 +146,9 @@ impl RunArgs {
     /// default), which must already exist: both modes serve one that the
     /// platform mounted, never one they made up.
     pub fn existing_volume(&self) -> anyhow::Result<sidecar_core::Volume> {
-        // Absolute once, here: the logic runs in another directory, and
-        // every path handed to it must still name the volume.
-        let given = sidecar_core::layout::resolve_volume(self.volume.as_deref());
-        let volume = sidecar_core::Volume::new(std::path::absolute(&given).unwrap_or(given));
+        // Absolute (Volume::new): the logic runs in another directory.
+        let volume =
+            sidecar_core::Volume::new(sidecar_core::layout::resolve_volume(self.volume.as_deref()));
         anyhow::ensure!(
             volume.root().is_dir(),
             "the volume {} does not exist or is not a directory (use --volume, $SIDECAR_VOLUME or $SHARED_DIR)",
