@@ -151,6 +151,9 @@ pub struct FileFlags {
     stop: Stop,
     /// The task's executor-side owner, when it has one ([`crate::owner`]).
     owner: Option<OwnerProbe>,
+    /// The status the written done flag says (after a full-disk fallback,
+    /// not the one the protocol asked for).
+    written: Mutex<Option<Status>>,
 }
 
 impl FileFlags {
@@ -163,7 +166,19 @@ impl FileFlags {
             watch,
             stop,
             owner,
+            written: Mutex::new(None),
         }
+    }
+
+    /// The status of the outcome this task's done flag holds, once written:
+    /// what to log, rather than the status the protocol meant to write.
+    pub fn written_status(&self) -> Option<Status> {
+        *self.written.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record(&self, task: &TaskId, outcome: &Outcome) -> Result<(), ProtocolError> {
+        *self.written.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome.status);
+        logged(task, outcome)
     }
 
     pub fn files(&self) -> &TaskFiles {
@@ -252,7 +267,7 @@ impl FlagWriter for FileFlags {
         }
         let path = self.files.done_flag();
         let first = match write_outcome(&path, outcome) {
-            Ok(()) => return logged(task, outcome),
+            Ok(()) => return self.record(task, outcome),
             Err(e) => e,
         };
         // Most likely a full volume: free what this task's logic wrote and
@@ -266,7 +281,7 @@ impl FlagWriter for FileFlags {
             task: task.clone(),
             source,
         })?;
-        logged(task, &failed)
+        self.record(task, &failed)
     }
 
     fn cleanup(&self, task: &TaskId) -> Result<(), ProtocolError> {

@@ -74,6 +74,36 @@ fn rewrite_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.set_len(bytes.len() as u64)
 }
 
+/// [`beat`], recreating the pulse's directory when someone removed it.
+fn beat_again(path: &Path, seq: u64) -> Result<(), AtomicError> {
+    match beat(path, seq) {
+        Err(_) if path.parent().is_some_and(|d| !d.exists()) => {
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            beat(path, seq)
+        }
+        other => other,
+    }
+}
+
+/// Logs a failed beat once, not at every interval, and its recovery;
+/// whether beating is failing now.
+fn report(result: Result<(), AtomicError>, failing: bool) -> bool {
+    match result {
+        Ok(()) if failing => {
+            tracing::info!("heartbeat written again");
+            false
+        }
+        Ok(()) => false,
+        Err(e) if !failing => {
+            tracing::warn!("{e} (retried at every beat; logged again once it recovers)");
+            true
+        }
+        Err(_) => true,
+    }
+}
+
 /// A thread that beats at `interval` until dropped.
 #[derive(Debug)]
 pub struct Beater {
@@ -93,14 +123,13 @@ impl Beater {
             .name("sidecar-beat".into())
             .spawn(move || {
                 let mut seq = 1;
+                let mut failing = false;
                 while !s.load(Ordering::SeqCst) {
                     std::thread::park_timeout(interval);
                     if s.load(Ordering::SeqCst) {
                         break;
                     }
-                    if let Err(e) = beat(&path, seq) {
-                        tracing::warn!("{e}");
-                    }
+                    failing = report(beat_again(&path, seq), failing);
                     seq += 1;
                 }
             })

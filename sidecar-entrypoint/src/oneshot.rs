@@ -68,7 +68,8 @@ async fn run_inner(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> anyhow::Resul
             End::Success
         }
         Finish::Done { outcome, cause } => {
-            tracing::info!(status = %outcome.status, "oneshot: closed");
+            let status = flags.written_status().unwrap_or(outcome.status);
+            tracing::info!(%status, "oneshot: closed");
             end_of(cause)
         }
     })
@@ -111,6 +112,10 @@ impl OneshotRunner<'_> {
     }
 
     fn start(&self, spec: &TaskSpec) -> Result<Running, Reject> {
+        let spec_env = crate::task_env::spec_env(spec).map_err(|why| Reject::Refused {
+            path: self.root.join(sidecar_core::layout::START_FLAG),
+            why,
+        })?;
         let logfile = self.root.join(sidecar_core::layout::LOGFILE);
         let (reader, writer) = std::io::pipe().map_err(Self::setup_error(logfile.clone()))?;
         let writer2 = writer
@@ -125,9 +130,7 @@ impl OneshotRunner<'_> {
         s.cwd = Some(self.root.clone());
         s.env
             .push(("SHARED_DIR".into(), self.root.as_os_str().to_owned()));
-        for (k, v) in &spec.env {
-            s.env.push((k.into(), v.into()));
-        }
+        s.env.extend(spec_env);
         s.stdout = writer.into();
         s.stderr = writer2.into();
         // Spawn consumes the Spawn (and with it our write ends of the pipe).

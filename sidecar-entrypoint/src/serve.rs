@@ -300,7 +300,13 @@ async fn drive_task(server: Arc<Server>, task: TaskDir) {
     match result {
         Ok(finish) => {
             let status = match &finish {
-                Finish::Done { outcome, .. } => outcome.status.to_string(),
+                // What the done flag says (a full disk may have made it
+                // `failed`), not what the protocol meant to write.
+                Finish::Done { outcome, .. } => parts
+                    .flags
+                    .written_status()
+                    .unwrap_or(outcome.status)
+                    .to_string(),
                 Finish::Abandoned => "abandoned".into(),
                 Finish::Resumed => "resumed".into(),
             };

@@ -193,3 +193,249 @@ fn closed_std_descriptors_do_not_redirect_the_log_into_the_volume() {
     assert!(done.contains("\"succeeded\""), "{done}");
     assert!(!done.contains("INFO"), "{done}");
 }
+
+/// Outside PID 1 a signal with no handler ends a process at once: the
+/// logic orphaned, no outcome. Every catchable signal whose default is to
+/// end the process stops the entrypoint as SIGTERM does: its logic
+/// stopped, a `cancelled` outcome naming the signal, exit 128+signal.
+#[test]
+fn every_terminating_signal_stops_the_entrypoint_like_sigterm() {
+    let s = Scratch::new("signals");
+    let signals = [
+        (libc::SIGQUIT, "SIGQUIT"),
+        (libc::SIGUSR1, "SIGUSR1"),
+        (libc::SIGUSR2, "SIGUSR2"),
+        (libc::SIGALRM, "SIGALRM"),
+        (libc::SIGRTMIN() + 3, "SIGRTMIN+3"),
+    ];
+    for (sig, name) in signals {
+        let vol = s.volume(name);
+        let mut child = Command::new(common::entrypoint())
+            .arg("--volume")
+            .arg(&vol)
+            .args(["--grace", "2s", "--", "sh", "-c", "exec sleep 100"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        sidecar_core::atomic::touch_atomic(&vol.join("start_flag")).unwrap();
+        // The logic is running once its process group exists.
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let status = wait_exit(&mut child, Duration::from_secs(10));
+        if status.is_none() {
+            let _ = child.kill();
+        }
+        assert_eq!(status.and_then(|s| s.code()), Some(128 + sig), "{name}");
+        let done = std::fs::read_to_string(vol.join("done_flag")).unwrap_or_default();
+        assert!(done.contains("\"cancelled\""), "{name}: {done}");
+        assert!(done.contains(&format!("received {name}")), "{name}: {done}");
+        assert_eq!(
+            s.wait_no_leftovers(Duration::from_secs(5)),
+            vec![],
+            "{name}"
+        );
+    }
+}
+
+/// A relative `--volume v1` (or `SHARED_DIR=o2`) is made absolute once at
+/// start: the logic runs in its task directory, where a relative
+/// `SIDECAR_*` path would name nothing. Checked for the entrypoint both
+/// ways and for `executor-shim run --volume <relative>`.
+#[test]
+fn relative_volumes_hand_the_logic_absolute_paths() {
+    let s = Scratch::new("relvol");
+    let logic = s.script(
+        "env.sh",
+        r#"env | grep -E '^(SIDECAR_(TASK_DIR|INPUT_DIR|OUTPUT_DIR|INPUT|OUTPUT|PROGRESS)|SHARED_DIR)=' | sort > "$SIDECAR_OUTPUT_DIR/env.txt""#,
+    );
+    let logic = logic.display().to_string();
+    for (name, by_env) in [("v1", false), ("o2", true)] {
+        let vol = s.volume(name);
+        let rel = vol.file_name().unwrap().to_owned();
+        let mut cmd = Command::new(common::entrypoint());
+        cmd.current_dir(s.path())
+            .args(["--mode", "serve", "--heartbeat", "100ms"]);
+        cmd.env_remove("SIDECAR_VOLUME").env_remove("SHARED_DIR");
+        if by_env {
+            cmd.env("SHARED_DIR", &rel);
+        } else {
+            cmd.arg("--volume").arg(&rel);
+        }
+        cmd.args(["--", &logic]);
+        let sc = RawSidecar::spawn(cmd, &vol, s.path().join(format!("{name}.log")));
+        sc.wait_ready(DONE);
+        let t = RawTask::submit(&sc.volume, "rel", br#"{"input":{"format":"csv"}}"#, b"a\n");
+        let o = sc.done(&t, DONE);
+        assert_eq!(o.status, Status::Succeeded, "{o:?}\n{}", sc.log());
+        let env = String::from_utf8(t.read_output("env.txt")).unwrap();
+        assert_eq!(env.lines().count(), 7, "{env}");
+        for line in env.lines() {
+            let (k, v) = line.split_once('=').unwrap();
+            assert!(
+                v.starts_with(&s.marker()),
+                "{name}: {k}={v} is not absolute"
+            );
+        }
+        t.close();
+    }
+
+    let vol = s.volume("shim");
+    let rel = vol.file_name().unwrap().to_owned();
+    let input = common::batch(2, 0);
+    let mut stdin = Vec::new();
+    {
+        let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut stdin, &input.schema()).unwrap();
+        w.write(&input).unwrap();
+        w.finish().unwrap();
+    }
+    let copy = s.script(
+        "copy.sh",
+        r#"case "$SIDECAR_INPUT$SIDECAR_OUTPUT" in /*) cp "$SIDECAR_INPUT" "$SIDECAR_OUTPUT";; *) echo "relative: $SIDECAR_INPUT" >&2; exit 3;; esac"#,
+    );
+    let mut child = Command::new(common::shim_bin())
+        .current_dir(s.path())
+        .env("SIDECAR_ENTRYPOINT", common::entrypoint())
+        .env_remove("SIDECAR_VOLUME")
+        .arg("run")
+        .arg("--volume")
+        .arg(&rel)
+        .args(["--timeout", "30s", "--"])
+        .arg(&copy)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: usize = arrow::ipc::reader::StreamReader::try_new(&out.stdout[..], None)
+        .unwrap()
+        .map(|b| b.unwrap().num_rows())
+        .sum();
+    assert_eq!(rows, 2);
+}
+
+/// Runs one oneshot task with `spec` as its start flag; returns the exit
+/// code and the done flag.
+fn oneshot_with_spec(s: &Scratch, name: &str, spec: &[u8]) -> (Option<i32>, String) {
+    let vol = s.volume(name);
+    let mut child = Command::new(common::entrypoint())
+        .arg("--volume")
+        .arg(&vol)
+        .args(["--", "sh", "-c", "echo ran > ran"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    sidecar_core::atomic::write_atomic(
+        &vol.join("start_flag"),
+        spec,
+        sidecar_core::atomic::Durability::Visible,
+    )
+    .unwrap();
+    assert!(
+        wait_file(&vol.join("done_flag"), DONE),
+        "{name}: no done_flag"
+    );
+    sidecar_core::atomic::touch_atomic(&vol.join("close_flag")).unwrap();
+    let status = wait_exit(&mut child, DONE);
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    assert!(!vol.join("ran").exists(), "{name}: the logic ran");
+    let done = std::fs::read_to_string(vol.join("done_flag")).unwrap();
+    (status.and_then(|s| s.code()), done)
+}
+
+/// A spec that would redefine what the sidecar tells the logic
+/// (`SIDECAR_OUTPUT`, `SHARED_DIR`, ...) or that is not a JSON object
+/// (`[]`, which serde would read as "all defaults") fails the task, named,
+/// in both modes; the logic never runs.
+#[test]
+fn specs_that_redefine_the_contract_or_are_not_objects_are_refused() {
+    let s = Scratch::new("badspecs");
+    let cases: [(&str, &[u8], &str); 3] = [
+        (
+            "shared",
+            br#"{"env":{"SHARED_DIR":"/etc"}}"#,
+            "may not set SHARED_DIR",
+        ),
+        (
+            "output",
+            br#"{"env":{"SIDECAR_OUTPUT":"/etc/x"}}"#,
+            "may not set SIDECAR_OUTPUT",
+        ),
+        ("array", b"[]", "must be a JSON object {...}, not an array"),
+    ];
+    for (name, spec, want) in cases {
+        let (code, done) = oneshot_with_spec(&s, name, spec);
+        assert!(done.contains("\"failed\""), "{name}: {done}");
+        assert!(done.contains(want), "{name}: {done}");
+        assert_eq!(code, Some(70), "{name}");
+    }
+    let logic = s.script("ran.sh", "echo ran > \"$SIDECAR_TASK_DIR/ran\"");
+    let sc = RawSidecar::serve(
+        &s,
+        "serve",
+        &SidecarArgs::default(),
+        &[logic.to_str().unwrap()],
+    );
+    for (name, spec, want) in cases {
+        let t = RawTask::submit(&sc.volume, name, spec, b"a\n");
+        let o = sc.done(&t, DONE);
+        assert_eq!(o.status, Status::Failed, "{name}: {o:?}");
+        let reason = o.reason.unwrap_or_default();
+        assert!(reason.contains(want), "{name}: {reason}");
+        assert!(!t.dir.root().join("ran").exists(), "{name}: the logic ran");
+        t.close();
+    }
+}
+
+/// The volume's `sidecar/` removed under a serving sidecar: the heartbeat
+/// puts it back (the executor sees a live sidecar), and the log says so
+/// at most once instead of at every beat.
+#[test]
+fn a_removed_sidecar_dir_is_recreated_not_warned_about_forever() {
+    let s = Scratch::new("rmsidecar");
+    let logic = copy_logic(&s);
+    let sc = RawSidecar::serve(&s, "v", &SidecarArgs::default(), &[&logic]);
+    let dir = sc.volume.root().join("sidecar");
+    std::fs::remove_dir_all(&dir).unwrap();
+    // Ten beats.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(sc.volume.heartbeat().exists(), "{}", sc.log());
+    let warnings = sc.log().lines().filter(|l| l.contains(" WARN ")).count();
+    assert!(warnings <= 1, "{}", sc.log());
+}
+
+/// A task directory whose name holds a newline is skipped, and logged with
+/// the newline escaped: one log line, which no one can forge.
+#[test]
+fn a_task_id_with_a_newline_is_logged_escaped() {
+    let s = Scratch::new("nlid");
+    let logic = copy_logic(&s);
+    let sc = RawSidecar::serve(&s, "v", &SidecarArgs::default(), &[&logic]);
+    let bad = sc
+        .volume
+        .tasks_dir()
+        .join("evil\n2099-01-01T00:00:00Z INFO forged");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(bad.join("start_flag"), b"").unwrap();
+    let t = RawTask::submit(
+        &sc.volume,
+        "after",
+        br#"{"input":{"format":"csv"}}"#,
+        b"a\n",
+    );
+    assert_eq!(sc.done(&t, DONE).status, Status::Succeeded);
+    let log = sc.log();
+    assert!(log.contains(r"evil\n2099"), "{log}");
+    assert!(!log.lines().any(|l| l.starts_with("2099")), "{log}");
+}
