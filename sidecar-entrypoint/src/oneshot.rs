@@ -41,6 +41,7 @@ pub async fn run(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> End {
 async fn run_inner(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> anyhow::Result<End> {
     let volume = args.existing_volume()?;
     let root = volume.root().to_owned();
+    clear_stale_flags(&volume)?;
     let env = vec![(OsString::from("SHARED_DIR"), root.clone().into_os_string())];
     if let Err(e) = crate::init::run_all(ctx, &args.init_scripts, &env).await {
         return Ok(End::InitFailed(e.into()));
@@ -73,6 +74,25 @@ async fn run_inner(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> anyhow::Resul
             end_of(cause)
         }
     })
+}
+
+/// Removes a `done_flag` and `close_flag` an earlier run left: while this
+/// run waits for its start flag, an executor must not read the last run's
+/// outcome as this one's, nor this run take the old close flag as its own.
+/// (A waiting `start_flag` stays: the executor may have raised it first.)
+fn clear_stale_flags(volume: &sidecar_core::Volume) -> anyhow::Result<()> {
+    for path in [volume.done_flag(), volume.close_flag()] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!("removed {} left by an earlier run", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot remove {} left by an earlier run", path.display())
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How the entrypoint ends after its one task.

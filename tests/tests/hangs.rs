@@ -439,3 +439,46 @@ fn a_task_id_with_a_newline_is_logged_escaped() {
     assert!(log.contains(r"evil\n2099"), "{log}");
     assert!(!log.lines().any(|l| l.starts_with("2099")), "{log}");
 }
+
+/// A oneshot volume reused by a second run: the first run's `done_flag`
+/// and `close_flag` are removed (and the removal logged) before the second
+/// waits for its start flag, so an executor polling for `done_flag` never
+/// reads the last run's outcome as this one's.
+#[test]
+fn oneshot_clears_an_earlier_runs_flags_before_waiting() {
+    let s = Scratch::new("staleflags");
+    let (_, first) = oneshot_with_spec(&s, "v", br#"{"env":{"SHARED_DIR":"/x"}}"#);
+    assert!(first.contains("\"failed\""), "{first}");
+    let vol = s.path().join("vol-v");
+    assert!(vol.join("done_flag").exists() && vol.join("close_flag").exists());
+    std::fs::remove_file(vol.join("start_flag")).unwrap();
+    let log = s.path().join("second.log");
+    let mut child = Command::new(common::entrypoint())
+        .arg("--volume")
+        .arg(&vol)
+        .args(["--", "true"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let cleared = || !vol.join("done_flag").exists() && !vol.join("close_flag").exists();
+    let until = std::time::Instant::now() + DONE;
+    while !cleared() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(cleared(), "stale flags still there");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        child.try_wait().unwrap(),
+        None,
+        "it took the old close_flag"
+    );
+    sidecar_core::atomic::touch_atomic(&vol.join("start_flag")).unwrap();
+    assert!(wait_file(&vol.join("done_flag"), DONE));
+    let done = std::fs::read_to_string(vol.join("done_flag")).unwrap();
+    assert!(done.contains("\"succeeded\""), "{done}");
+    sidecar_core::atomic::touch_atomic(&vol.join("close_flag")).unwrap();
+    assert_eq!(wait_exit(&mut child, DONE).and_then(|s| s.code()), Some(0));
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("done_flag left by an earlier run"), "{log}");
+}
