@@ -100,6 +100,10 @@ pub struct TaskRequest {
     pub batch_size: usize,
     /// Cancels the task from another thread (see [`CancelToken`]).
     pub cancel: CancelToken,
+    /// A success without any output file is an error
+    /// ([`ShimError::NoOutput`]), not zero rows (the default). Off for a
+    /// logic run for its effects only.
+    pub expect_output: bool,
 }
 
 /// Stops a task from another thread: the task's logic is stopped in the
@@ -148,6 +152,7 @@ impl TaskRequest {
             env: BTreeMap::new(),
             batch_size: DEFAULT_BATCH_SIZE,
             cancel: CancelToken::default(),
+            expect_output: true,
         }
     }
 
@@ -727,6 +732,12 @@ impl<'c> Run<'c> {
         sink: &mut Sink<'_>,
     ) -> Result<(u64, u64), ShimError> {
         let dir = self.task.output();
+        if outcome.outputs.is_empty() && self.request.expect_output && !self.request.stream {
+            return Err(ShimError::NoOutput {
+                task: self.task.id().clone(),
+                path: dir,
+            });
+        }
         let (mut rows, mut bytes) = (0u64, 0u64);
         for entry in &outcome.outputs {
             let rel = safepath::validate_relative(&entry.path)?;

@@ -33,6 +33,11 @@ pub enum ShimError {
         reason: Option<String>,
         stderr_tail: String,
     },
+    /// The logic exited 0 but left no output file: a logic that forgot its
+    /// output, not a partition of zero rows (an empty input is staged with
+    /// its schema, and comes back with it).
+    #[error("task {task}: no output at {}: the logic exited 0 but wrote no file there (expected $SIDECAR_OUTPUT)", .path.display())]
+    NoOutput { task: TaskId, path: PathBuf },
     /// The caller cancelled the task ([`crate::client::CancelToken`]).
     #[error("task {task} was cancelled by the executor side; its logic was stopped")]
     Cancelled { task: TaskId },

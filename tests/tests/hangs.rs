@@ -482,3 +482,45 @@ fn oneshot_clears_an_earlier_runs_flags_before_waiting() {
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains("done_flag left by an earlier run"), "{log}");
 }
+
+/// A logic that exits 0 and writes nothing fails the task by name ("no
+/// output at ..."), rather than "succeeding" with zero rows; an empty
+/// partition still comes back, with its schema, through a logic that
+/// copies it.
+#[test]
+fn no_output_is_a_named_failure_and_an_empty_partition_keeps_its_schema() {
+    let s = Scratch::new("nooutput");
+    let start = |name: &str, logic: &str| {
+        executor_shim::provider::Sidecar::start(
+            &s.volume(name),
+            common::process_provider(vec!["/bin/sh".into(), "-c".into(), logic.into()]),
+            executor_shim::provider::SidecarOptions {
+                log_filter: Some("warn".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let req = |p: u64| {
+        let mut r = executor_shim::TaskRequest::new(p, 0);
+        r.timeout = Some(DONE);
+        r
+    };
+    let silent = start("silent", "exit 0");
+    let err = common::run_batch(&silent, &req(1), common::batch(3, 0)).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("no output at "), "{msg}");
+    assert!(msg.contains("/output"), "{msg}");
+    drop(silent);
+
+    let copy = start("copy", r#"cat "$SIDECAR_INPUT" > "$SIDECAR_OUTPUT""#);
+    for format in [sidecar_core::Format::Arrows, sidecar_core::Format::Parquet] {
+        let mut r = req(2);
+        r.input_format = format;
+        let empty = common::batch(0, 0);
+        let got = common::run_batch(&copy, &r, empty.clone())
+            .unwrap_or_else(|e| panic!("{format:?}: an empty partition failed: {e}"));
+        assert_eq!(got.num_rows(), 0);
+        assert_eq!(got.schema(), empty.schema(), "{format:?}");
+    }
+}
