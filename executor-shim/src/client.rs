@@ -518,6 +518,12 @@ impl<'c> Run<'c> {
             return Ok(Some(outcome));
         }
         self.check_cancelled()?;
+        if std::fs::symlink_metadata(self.task.root()).is_err() {
+            return Err(ShimError::TaskDirGone {
+                task: self.id().clone(),
+                path: self.task.root().to_owned(),
+            });
+        }
         if let Err(gone) = self.ctx.health.check_since(Some(self.started)) {
             // It may have written the flag just before it went.
             if let Some(outcome) = self.read_outcome()? {

@@ -524,3 +524,49 @@ fn no_output_is_a_named_failure_and_an_empty_partition_keeps_its_schema() {
         assert_eq!(got.schema(), empty.schema(), "{format:?}");
     }
 }
+
+/// A logic that deletes its own task directory (and exits, or goes on
+/// running): no done flag can come, and the executor, with no deadline,
+/// ends at once with an error that says so, instead of waiting forever.
+/// The sidecar stops that logic and serves the next task.
+#[test]
+fn a_logic_that_deletes_its_task_dir_ends_the_task_promptly() {
+    let s = Scratch::new("rmtaskdir");
+    let vol = s.volume("v");
+    let logic = r#"if [ -e "$SIDECAR_INPUT_DIR/keep" ]; then cat "$SIDECAR_INPUT" > "$SIDECAR_OUTPUT"; exit; fi
+rm -rf "$SIDECAR_TASK_DIR"; [ -n "$LINGER" ] && exec sleep 60; exit 0"#;
+    let sidecar = executor_shim::provider::Sidecar::start(
+        &vol,
+        common::process_provider(vec!["/bin/sh".into(), "-c".into(), logic.into()]),
+        executor_shim::provider::SidecarOptions {
+            grace: Some(Duration::from_millis(200)),
+            log_filter: Some("warn".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let sidecar = std::sync::Arc::new(sidecar);
+    for linger in [false, true] {
+        let mut req = executor_shim::TaskRequest::new(u64::from(linger), 0);
+        if linger {
+            req.env.insert("LINGER".into(), "1".into());
+        }
+        let sc = std::sync::Arc::clone(&sidecar);
+        let (r, took) = common::within("a deleted task dir", DONE, move || {
+            common::run_batch(&sc, &req, common::batch(2, 0))
+        });
+        let msg = r.unwrap_err().to_string();
+        assert!(msg.contains("was removed before its outcome"), "{msg}");
+        assert!(took < Duration::from_secs(5), "linger={linger}: {took:?}");
+    }
+    // The lingering logic was stopped by the sidecar (which still runs).
+    let logic_left = || {
+        s.leftovers()
+            .into_iter()
+            .any(|(_, cmd)| cmd.starts_with("sleep 60"))
+    };
+    assert!(
+        sidecar_test_support::wait_for(Duration::from_secs(5), || !logic_left()),
+        "the logic outlived its deleted task"
+    );
+}
