@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::atomic::{write_atomic, AtomicError, Durability};
 use crate::id::TaskId;
-use crate::layout::{TaskDir, Volume, CANCEL_FLAG, CLOSE_FLAG, DONE_FLAG, START_FLAG};
+use crate::layout::{TaskDir, Volume, CANCEL_FLAG, CLOSE_FLAG, DONE_FLAG, OWNER, START_FLAG};
 use crate::manifest::{self, ManifestError};
 use crate::owner::OwnerProbe;
 use crate::protocol::{Event, FlagWriter, ProtocolError, Reject, Waiter};
@@ -276,6 +276,9 @@ impl FlagWriter for FileFlags {
         if let Some(out) = self.files.output() {
             let _ = std::fs::remove_dir_all(out);
         }
+        if self.files.owns_dir {
+            free_scratch(self.files.dir());
+        }
         let failed = compact(outcome, &first);
         write_outcome(&path, &failed).map_err(|source| ProtocolError::Write {
             task: task.clone(),
@@ -297,6 +300,32 @@ impl FlagWriter for FileFlags {
                 path: self.files.dir().to_owned(),
                 source,
             }),
+        }
+    }
+}
+
+/// What a failed task's directory keeps when the volume is full: the
+/// executor's flags and its owner lock. Everything else (the logic's
+/// scratch files anywhere in the directory, its captured streams, the
+/// staged input) is removed to make room for the outcome.
+const KEPT: &[&str] = &[START_FLAG, CANCEL_FLAG, CLOSE_FLAG, DONE_FLAG, OWNER];
+
+fn free_scratch(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if KEPT.iter().any(|k| name == *k) {
+            continue;
+        }
+        let path = entry.path();
+        let removed = match entry.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+            _ => std::fs::remove_file(&path),
+        };
+        if let Err(e) = removed {
+            tracing::warn!("cannot remove {} to free space: {e}", path.display());
         }
     }
 }
@@ -331,7 +360,7 @@ fn compact(outcome: &Outcome, why: &AtomicError) -> Outcome {
     failed.outputs.clear();
     failed.stderr_tail.clear();
     failed.reason = Some(format!(
-        "{}{}cannot write the outcome ({why}); the task's output was discarded to free space",
+        "{}{}cannot write the outcome ({why}); the task's output and scratch files were discarded to free space",
         outcome.reason.as_deref().unwrap_or(""),
         if outcome.reason.is_some() { "; " } else { "" },
     ));

@@ -651,3 +651,45 @@ esac"#,
     assert_eq!(shim_task(&sc, 3).unwrap(), common::batch(3, 7));
     sc.shutdown().unwrap();
 }
+
+/// The logic fills the volume outside `output/` (a scratch file in its task
+/// directory) and exits 0: the outcome cannot be written until that
+/// scratch is freed. The sidecar frees it and writes a failed outcome
+/// naming the full disk, so an executor without a deadline still gets its
+/// answer; the sidecar goes on serving.
+#[test]
+fn full_disk_from_scratch_files_outside_output_still_ends_the_task() {
+    if !common::is_root() {
+        eprintln!("SKIPPED: bad_input: needs root to mount a tmpfs");
+        return;
+    }
+    let s = Scratch::new("fullscratch");
+    let vol = s.volume("v");
+    let Some(_m) = Tmpfs::mount(&vol, "1m") else {
+        return;
+    };
+    let logic = s.script(
+        "scratch.sh",
+        r#"if [ "$(wc -l < "$SIDECAR_INPUT")" -gt 5 ]; then head -c 4194304 /dev/zero > "$SIDECAR_TASK_DIR/scratch.tmp"; exit 0; fi
+cat "$SIDECAR_INPUT" > "$SIDECAR_OUTPUT""#,
+    );
+    let sc = shim_sidecar(&vol, &logic);
+    let (r, took) = common::within("full disk from scratch", DONE, move || {
+        let mut req = executor_shim::TaskRequest::new(1, 0);
+        req.input_format = sidecar_core::Format::Csv;
+        let r = common::run_batch(&sc, &req, common::batch(10, 7)).map(|_| ());
+        (r, sc)
+    });
+    let (r, sc) = r;
+    let e = r.expect_err("a task whose outcome could not be written succeeded");
+    let text = e.to_string();
+    assert!(
+        matches!(e, executor_shim::ShimError::TaskFailed { .. }),
+        "{text}"
+    );
+    assert!(text.contains("No space left on device"), "{text}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let got = shim_task(&sc, 3).expect("a small task after the full disk");
+    assert_eq!(got, common::batch(3, 7));
+    sc.shutdown().unwrap();
+}

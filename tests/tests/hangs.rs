@@ -570,3 +570,67 @@ rm -rf "$SIDECAR_TASK_DIR"; [ -n "$LINGER" ] && exec sleep 60; exit 0"#;
         "the logic outlived its deleted task"
     );
 }
+
+/// An Arrow IPC stream of `batch` (stdin of `executor-shim run`).
+fn ipc_stream(batch: &arrow::array::RecordBatch) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &batch.schema()).unwrap();
+    w.write(batch).unwrap();
+    w.finish().unwrap();
+    drop(w);
+    out
+}
+
+/// `executor-shim run` attached to a sidecar it did not start, stopped by
+/// SIGTERM mid-task: it raises the task's `cancel_flag`, so the sidecar
+/// stops the logic (its outcome says `cancelled: cancel_flag`) instead of
+/// running it to the end for nobody.
+#[test]
+fn a_stopped_attached_run_cancels_its_task() {
+    let s = Scratch::new("attachterm");
+    let sc = RawSidecar::serve(
+        &s,
+        "v",
+        &SidecarArgs::default(),
+        &["sh", "-c", "exec sleep 60"],
+    );
+    let mut shim = Command::new(common::shim_bin())
+        .args(["run", "--provider", "attach", "--volume"])
+        .arg(sc.volume.root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut shim.stdin.take().unwrap(),
+        &ipc_stream(&common::batch(2, 0)),
+    )
+    .unwrap();
+    let running = || {
+        s.leftovers()
+            .into_iter()
+            .any(|(_, cmd)| cmd.starts_with("sleep 60"))
+    };
+    assert!(
+        sidecar_test_support::wait_for(DONE, running),
+        "{}",
+        sc.log()
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = wait_exit(&mut shim, Duration::from_secs(10));
+    if status.is_none() {
+        let _ = shim.kill();
+    }
+    assert!(status.is_some(), "executor-shim run ignored SIGTERM");
+    assert!(
+        sidecar_test_support::wait_for(Duration::from_secs(5), || !running()),
+        "the logic still runs; sidecar log:\n{}",
+        sc.log()
+    );
+    assert!(sc.log().contains("cancel_flag"), "{}", sc.log());
+}
