@@ -693,3 +693,39 @@ cat "$SIDECAR_INPUT" > "$SIDECAR_OUTPUT""#,
     assert_eq!(got, common::batch(3, 7));
     sc.shutdown().unwrap();
 }
+
+/// The outcome cannot be written at all, even after the task's files were
+/// freed (here the logic made its task directory read-only to the
+/// sidecar's user). The sidecar then stops, exit 70 with the reason
+/// logged, rather than beat on for an executor that would wait forever:
+/// the executor's liveness check ends its wait with a named error.
+#[test]
+fn an_outcome_that_cannot_be_written_stops_the_sidecar() {
+    use std::os::unix::process::CommandExt;
+    if !common::is_root() {
+        eprintln!("SKIPPED: bad_input: needs root to run the sidecar as another user");
+        return;
+    }
+    let s = Scratch::new("lostoutcome");
+    let vol = s.volume("v");
+    let logic = s.script("lock.sh", r#"chmod 0555 "$SIDECAR_TASK_DIR""#);
+    let mut cmd = common::serve_command(&vol, &SidecarArgs::default(), &[logic.to_str().unwrap()]);
+    cmd.uid(5001).gid(5001);
+    let mut sc = RawSidecar::spawn(cmd, &vol, s.path().join("v.log"));
+    sc.wait_ready(DONE);
+    let id = sidecar_core::TaskId::new("locked").unwrap();
+    let dir = sc.volume.task(&id);
+    std::fs::create_dir_all(dir.input()).unwrap();
+    for d in [dir.root(), &dir.input()] {
+        std::os::unix::fs::chown(d, Some(5001), Some(5001)).unwrap();
+    }
+    sidecar_core::atomic::touch_atomic(&dir.start_flag()).unwrap();
+    let status = sc.wait_exit(DONE);
+    assert_eq!(status.and_then(|s| s.code()), Some(70), "{}", sc.log());
+    assert!(
+        sc.log().contains("cannot record an outcome"),
+        "{}",
+        sc.log()
+    );
+    assert!(!dir.done_flag().exists());
+}
