@@ -581,6 +581,14 @@ fn full_disk_while_staging() {
             .unwrap_or_default();
         assert!(staged.is_empty(), "partial input left: {staged:?}");
     }
+    // Nor a task directory without a start flag, which a sidecar would
+    // look at again and again.
+    let left: Vec<_> = std::fs::read_dir(vol.join("tasks"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "half-staged task directories left: {left:?}");
     let got = shim_task(&sc, 3).expect("a small task after the failed staging");
     assert_eq!(got, common::batch(3, 7));
     sc.shutdown().unwrap();
