@@ -7,9 +7,9 @@
 //! task (and with it SIGTERM) or the whole entrypoint (exit 101, the logic
 //! orphaned). So log lines are handed to one writer thread through a
 //! bounded queue: a full queue drops the line (counted, reported once the
-//! queue drains), a write error other than an interruption ends writing
-//! for good (EPIPE, EBADF: nobody will read it), and nothing that logs
-//! ever waits for stderr.
+//! queue drains), EPIPE or EBADF ends writing for good (nobody will read
+//! it), any other write error drops that line, and nothing that logs ever
+//! waits for stderr.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,17 +61,27 @@ fn writer_loop(rx: Receiver<Msg>) {
             Msg::Line(line) if open => {
                 let dropped = DROPPED.swap(0, Ordering::Relaxed);
                 let mut err = std::io::stderr().lock();
+                let mut written = Ok(());
                 if dropped > 0 {
                     let note = format!("sidecar-entrypoint: {dropped} log line(s) dropped: stderr was not read fast enough\n");
-                    open = err.write_all(note.as_bytes()).is_ok();
+                    written = err.write_all(note.as_bytes());
                 }
-                open = open && err.write_all(&line).is_ok();
+                open = still_open(written.and_then(|()| err.write_all(&line)));
             }
             Msg::Line(_) => {}
             Msg::Flush(ack) => {
                 let _ = ack.send(());
             }
         }
+    }
+}
+
+/// Whether stderr can take more after this write: not once nobody can
+/// read it (EPIPE, EBADF); a full disk under a log file may clear up.
+fn still_open(written: std::io::Result<()>) -> bool {
+    match written {
+        Err(e) => !matches!(e.raw_os_error(), Some(libc::EPIPE | libc::EBADF)),
+        Ok(()) => true,
     }
 }
 
@@ -144,5 +154,29 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Writer {
     type Writer = Event;
     fn make_writer(&'a self) -> Event {
         Event::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::fmt::MakeWriter as _;
+
+    #[test]
+    fn only_a_reader_gone_for_good_ends_the_log() {
+        let os = std::io::Error::from_raw_os_error;
+        assert!(!still_open(Err(os(libc::EPIPE))));
+        assert!(!still_open(Err(os(libc::EBADF))));
+        assert!(still_open(Err(os(libc::ENOSPC))));
+        assert!(still_open(Ok(())));
+    }
+
+    #[test]
+    fn an_event_is_one_queued_line_and_logging_never_fails() {
+        let mut e = Writer.make_writer();
+        assert_eq!(e.write(b"one ").unwrap(), 4);
+        assert_eq!(e.write(b"line\n").unwrap(), 5);
+        assert_eq!(e.0, b"one line\n");
+        e.flush().unwrap();
     }
 }

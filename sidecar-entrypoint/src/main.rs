@@ -87,6 +87,7 @@
 //! | `supervisor` | every child process: spawn in its own group, the one reaper, TERM/grace/KILL, killing descendants |
 //! | `task_env` | what a serve task's logic is given: its environment, which staged file is its input |
 //! | `output` | timestamped log lines, stderr tails |
+//! | `log` | the entrypoint's own log: a queue to one writer thread, so logging never panics or blocks |
 //! | `init` | `--init-script` |
 //! | `check` | `check`: the image and runtime validated |
 //! | `probe` | `probe`: ready and heartbeat fresh, for Kubernetes exec probes (see its docs for what "fresh" means) |

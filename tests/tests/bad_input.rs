@@ -588,7 +588,10 @@ fn full_disk_while_staging() {
         .flatten()
         .map(|e| e.file_name())
         .collect();
-    assert!(left.is_empty(), "half-staged task directories left: {left:?}");
+    assert!(
+        left.is_empty(),
+        "half-staged task directories left: {left:?}"
+    );
     let got = shim_task(&sc, 3).expect("a small task after the failed staging");
     assert_eq!(got, common::batch(3, 7));
     sc.shutdown().unwrap();
