@@ -13,9 +13,10 @@
 //! A directory still being staged whose owner is gone (its executor-side
 //! process died: [`sidecar_core::owner`]) is removed: nobody will start it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use sidecar_core::layout::{is_hidden, TaskDir, Volume};
 use sidecar_core::owner::OwnerProbe;
@@ -29,6 +30,44 @@ pub struct Discovery {
     watched: HashSet<TaskId>,
     /// Names already warned about (invalid ids), so each is said once.
     warned: HashSet<OsString>,
+    /// When each directory still being staged has its owner probed next.
+    probes: HashMap<TaskId, Backoff>,
+}
+
+/// How often a staged directory's owner is probed: at first at every
+/// look, then less and less often, up to once a [`Backoff::MAX`]. A
+/// directory that never gets its start flag (an executor that died between
+/// `mkdir` and its lock, or a polling watch) then costs a stat or two per
+/// look, not an open and a lock test at every tick forever. Its start flag
+/// is still looked for at every look: only the removal of an abandoned
+/// directory waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    next: Instant,
+    interval: Duration,
+}
+
+impl Backoff {
+    pub const FIRST: Duration = Duration::from_millis(20);
+    pub const MAX: Duration = Duration::from_secs(1);
+
+    pub fn new(now: Instant) -> Self {
+        Self {
+            next: now,
+            interval: Self::FIRST,
+        }
+    }
+
+    /// Whether a probe is due at `now`.
+    pub fn due(&self, now: Instant) -> bool {
+        now >= self.next
+    }
+
+    /// A probe found nothing: the next one waits twice as long.
+    pub fn missed(&mut self, now: Instant) {
+        self.next = sidecar_core::time::deadline_after(now, self.interval);
+        self.interval = (self.interval * 2).min(Self::MAX);
+    }
 }
 
 impl Discovery {
@@ -45,7 +84,7 @@ impl Discovery {
             }
         };
         for entry in entries.flatten() {
-            self.consider(volume, watch, &entry.file_name(), ready);
+            self.consider(volume, watch, &entry.file_name(), true, ready);
         }
     }
 
@@ -71,19 +110,22 @@ impl Discovery {
                 continue;
             };
             if looked.insert(task.clone()) {
-                self.consider(volume, watch, &task, ready);
+                self.consider(volume, watch, &task, false, ready);
             }
         }
     }
 
     /// One look at `tasks/<name>`: watched from now on, handed to `ready`
     /// once it has a start (or close) flag, removed if its owner died
-    /// while it was staged, forgotten once gone.
+    /// while it was staged, forgotten once gone. A look of a whole-`tasks/`
+    /// scan (`scan`) probes the owner only when its [`Backoff`] is due; a
+    /// look at an event always does.
     fn consider(
         &mut self,
         volume: &Volume,
         watch: &Watch,
         name: &OsStr,
+        scan: bool,
         ready: &mut impl FnMut(TaskDir),
     ) {
         let Some(id) = self.task_id(volume, name) else {
@@ -92,6 +134,7 @@ impl Discovery {
         let task = volume.task(&id);
         if !is_real_dir(task.root()) {
             self.watched.remove(&id);
+            self.probes.remove(&id);
             return;
         }
         if !self.watched.contains(&id) {
@@ -103,11 +146,22 @@ impl Discovery {
             self.watched.insert(id.clone());
         }
         if exists(&task.start_flag()) || exists(&task.close_flag()) {
+            self.probes.remove(&id);
             ready(task);
-        } else if OwnerProbe::open(&task).is_some_and(|o| o.gone()) {
+            return;
+        }
+        let now = Instant::now();
+        let probe = self.probes.entry(id.clone()).or_insert(Backoff::new(now));
+        if scan && !probe.due(now) {
+            return;
+        }
+        if OwnerProbe::open(&task).is_some_and(|o| o.gone()) {
             tracing::info!(task = %id, "the task's owner went away before it started; removing it");
             let _ = std::fs::remove_dir_all(task.root());
             self.watched.remove(&id);
+            self.probes.remove(&id);
+        } else {
+            probe.missed(now);
         }
     }
 
@@ -137,4 +191,30 @@ fn is_real_dir(path: &Path) -> bool {
 
 fn exists(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_probes_of_a_staged_directory_back_off_to_once_a_second() {
+        let t0 = Instant::now();
+        let mut b = Backoff::new(t0);
+        assert!(b.due(t0));
+        let mut now = t0;
+        let mut gaps = Vec::new();
+        for _ in 0..10 {
+            b.missed(now);
+            let next = b.next;
+            assert!(!b.due(next - Duration::from_millis(1)));
+            assert!(b.due(next));
+            gaps.push(next - now);
+            now = next;
+        }
+        assert_eq!(gaps[0], Backoff::FIRST);
+        assert_eq!(gaps[1], Backoff::FIRST * 2);
+        assert!(gaps.windows(2).all(|w| w[1] >= w[0]), "{gaps:?}");
+        assert_eq!(*gaps.last().unwrap(), Backoff::MAX);
+    }
 }
