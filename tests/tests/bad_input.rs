@@ -740,3 +740,47 @@ fn an_outcome_that_cannot_be_written_stops_the_sidecar() {
     );
     assert!(!dir.done_flag().exists());
 }
+
+/// After a full disk turned a succeeded outcome into a failed one, the
+/// sidecar's log says what the done flag says (`status=failed`), never the
+/// `succeeded` it meant to write.
+#[test]
+fn the_log_says_the_status_the_done_flag_holds_after_a_full_disk() {
+    if !common::is_root() {
+        eprintln!("SKIPPED: bad_input: needs root to mount a tmpfs");
+        return;
+    }
+    let s = Scratch::new("fulllog");
+    let vol = s.volume("v");
+    let Some(_m) = Tmpfs::mount(&vol, "1m") else {
+        return;
+    };
+    let logic = s.script(
+        "scratch.sh",
+        r#"head -c 4194304 /dev/zero > "$SIDECAR_TASK_DIR/scratch.tmp"; echo x > "$SIDECAR_OUTPUT"; exit 0"#,
+    );
+    let sc = RawSidecar::serve(&s, "v", &SidecarArgs::default(), &[logic.to_str().unwrap()]);
+    let t = RawTask::submit(
+        &sc.volume,
+        "scratchy",
+        br#"{"input":{"format":"csv"}}"#,
+        b"a\n",
+    );
+    let o = sc.done(&t, DONE);
+    assert_eq!(o.status, Status::Failed, "{o:?}");
+    t.close();
+    let closed = |log: &str| {
+        log.lines()
+            .find(|l| l.contains("task closed") && l.contains("scratchy"))
+            .map(str::to_owned)
+    };
+    assert!(
+        sidecar_test_support::wait_for(DONE, || closed(&sc.log()).is_some()),
+        "{}",
+        sc.log()
+    );
+    let log = sc.log();
+    let line = closed(&log).unwrap();
+    assert!(line.contains("status=\"failed\""), "{line}");
+    assert!(!log.contains("succeeded"), "{log}");
+}
