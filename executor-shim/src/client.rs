@@ -102,6 +102,10 @@ pub struct TaskRequest {
     pub batch_size: usize,
     /// Cancels the task from another thread (see [`CancelToken`]).
     pub cancel: CancelToken,
+    /// A success without any output file is an error
+    /// ([`ShimError::NoOutput`]), not zero rows (the default). Off for a
+    /// logic run for its effects only.
+    pub expect_output: bool,
 }
 
 /// Stops a task from another thread: the task's logic is stopped in the
@@ -150,6 +154,7 @@ impl TaskRequest {
             env: BTreeMap::new(),
             batch_size: DEFAULT_BATCH_SIZE,
             cancel: CancelToken::default(),
+            expect_output: true,
         }
     }
 
@@ -497,8 +502,10 @@ impl<'c> Run<'c> {
 
     fn write_start(&self) -> Result<(), ShimError> {
         self.flags.start(&self.spec())?;
-        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) =
-            self.request.timeout.map(|t| Instant::now() + t);
+        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) = self
+            .request
+            .timeout
+            .map(|t| sidecar_core::time::deadline_after(Instant::now(), t));
         Ok(())
     }
 
@@ -513,6 +520,12 @@ impl<'c> Run<'c> {
             return Ok(Some(outcome));
         }
         self.check_cancelled()?;
+        if std::fs::symlink_metadata(self.task.root()).is_err() {
+            return Err(ShimError::TaskDirGone {
+                task: self.id().clone(),
+                path: self.task.root().to_owned(),
+            });
+        }
         if let Err(gone) = self.ctx.health.check_since(Some(self.started)) {
             // It may have written the flag just before it went.
             if let Some(outcome) = self.read_outcome()? {
@@ -728,6 +741,12 @@ impl<'c> Run<'c> {
         sink: &mut Sink<'_>,
     ) -> Result<(u64, u64), ShimError> {
         let dir = self.task.output();
+        if outcome.outputs.is_empty() && self.request.expect_output && !self.request.stream {
+            return Err(ShimError::NoOutput {
+                task: self.task.id().clone(),
+                path: dir,
+            });
+        }
         let (mut rows, mut bytes) = (0u64, 0u64);
         for entry in &outcome.outputs {
             let rel = safepath::validate_relative(&entry.path)?;

@@ -33,6 +33,15 @@ pub enum ShimError {
         reason: Option<String>,
         stderr_tail: String,
     },
+    /// The logic exited 0 but left no output file: a logic that forgot its
+    /// output, not a partition of zero rows (an empty input is staged with
+    /// its schema, and comes back with it).
+    #[error("task {task}: no output at {}: the logic exited 0 but wrote no file there (expected $SIDECAR_OUTPUT)", .path.display())]
+    NoOutput { task: TaskId, path: PathBuf },
+    /// The task's directory disappeared before its outcome was written:
+    /// no done flag can come (the logic, or something else, removed it).
+    #[error("task {task}: its directory {} was removed before its outcome was written (did the logic delete $SIDECAR_TASK_DIR?)", .path.display())]
+    TaskDirGone { task: TaskId, path: PathBuf },
     /// The caller cancelled the task ([`crate::client::CancelToken`]).
     #[error("task {task} was cancelled by the executor side; its logic was stopped")]
     Cancelled { task: TaskId },

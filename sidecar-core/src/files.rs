@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use crate::atomic::{write_atomic, write_atomic_beneath, AtomicError, Durability};
 use crate::beneath::{Beneath, Kind};
 use crate::id::TaskId;
-use crate::layout::{TaskDir, Volume, CANCEL_FLAG, CLOSE_FLAG, DONE_FLAG, START_FLAG};
+use crate::layout::{TaskDir, Volume, CANCEL_FLAG, CLOSE_FLAG, DONE_FLAG, OWNER, START_FLAG};
 use crate::manifest::{self, ManifestError};
 use crate::owner::OwnerProbe;
 use crate::protocol::{Event, FlagWriter, ProtocolError, Reject, Waiter};
@@ -184,6 +184,9 @@ pub struct FileFlags {
     stop: Stop,
     /// The task's executor-side owner, when it has one ([`crate::owner`]).
     owner: Option<OwnerProbe>,
+    /// The status the written done flag says (after a full-disk fallback,
+    /// not the one the protocol asked for).
+    written: Mutex<Option<Status>>,
 }
 
 impl FileFlags {
@@ -199,7 +202,19 @@ impl FileFlags {
             watch,
             stop,
             owner,
+            written: Mutex::new(None),
         }
+    }
+
+    /// The status of the outcome this task's done flag holds, once written:
+    /// what to log, rather than the status the protocol meant to write.
+    pub fn written_status(&self) -> Option<Status> {
+        *self.written.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record(&self, task: &TaskId, outcome: &Outcome) -> Result<(), ProtocolError> {
+        *self.written.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome.status);
+        logged(task, outcome)
     }
 
     pub fn files(&self) -> &TaskFiles {
@@ -292,7 +307,7 @@ impl FlagWriter for FileFlags {
         let path = self.files.done_flag();
         let volume = &self.files.volume;
         let first = match write_outcome_beneath(volume, &path, outcome) {
-            Ok(()) => return logged(task, outcome),
+            Ok(()) => return self.record(task, outcome),
             Err(e) => e,
         };
         // Most likely a full volume: free what this task's logic wrote and
@@ -301,12 +316,15 @@ impl FlagWriter for FileFlags {
         if let Some(out) = self.files.output() {
             let _ = volume.remove_all(out);
         }
+        if self.files.owns_dir {
+            free_scratch(volume, self.files.dir());
+        }
         let failed = compact(outcome, &first);
         write_outcome_beneath(volume, &path, &failed).map_err(|source| ProtocolError::Write {
             task: task.clone(),
             source,
         })?;
-        logged(task, &failed)
+        self.record(task, &failed)
     }
 
     fn cleanup(&self, task: &TaskId) -> Result<(), ProtocolError> {
@@ -323,6 +341,29 @@ impl FlagWriter for FileFlags {
                 task: task.clone(),
                 source,
             })
+    }
+}
+
+/// What a failed task's directory keeps when the volume is full: the
+/// executor's flags and its owner lock. Everything else (the logic's
+/// scratch files anywhere in the directory, its captured streams, the
+/// staged input) is removed to make room for the outcome.
+const KEPT: &[&str] = &[START_FLAG, CANCEL_FLAG, CLOSE_FLAG, DONE_FLAG, OWNER];
+
+fn free_scratch(volume: &Beneath, dir: &Path) {
+    // Listed and removed through descriptors from the volume root: a link
+    // (the task directory itself, or an entry) is removed, never followed.
+    let Ok(entries) = volume.dir(dir).and_then(|d| d.entries()) else {
+        return;
+    };
+    for (name, _kind) in entries {
+        if KEPT.iter().any(|k| name == *k) {
+            continue;
+        }
+        let path = dir.join(&name);
+        if let Err(e) = volume.remove_all(&path) {
+            tracing::warn!("cannot remove {} to free space: {e}", path.display());
+        }
     }
 }
 
@@ -363,7 +404,7 @@ fn compact(outcome: &Outcome, why: &AtomicError) -> Outcome {
     failed.outputs.clear();
     failed.stderr_tail.clear();
     failed.reason = Some(format!(
-        "{}{}cannot write the outcome ({why}); the task's output was discarded to free space",
+        "{}{}cannot write the outcome ({why}); the task's output and scratch files were discarded to free space",
         outcome.reason.as_deref().unwrap_or(""),
         if outcome.reason.is_some() { "; " } else { "" },
     ));

@@ -67,8 +67,14 @@ pub struct Volume {
 }
 
 impl Volume {
+    /// The volume at `root`, made absolute (against the current directory)
+    /// once, here: the logic runs in its task directory, and every path
+    /// either side derives from the volume must still name it there.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        let root = root.into();
+        Self {
+            root: std::path::absolute(&root).unwrap_or(root),
+        }
     }
 
     pub fn root(&self) -> &Path {

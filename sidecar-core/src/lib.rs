@@ -70,6 +70,7 @@
 //! | [`beneath`] | the one resolver: paths opened, listed and removed from the volume root, never through a link |
 //! | [`safepath`], [`manifest`] | path safety, output manifests and verified reads |
 //! | [`procfs`] | the few `/proc` facts both sides read |
+//! | [`time`] | duration flags and deadlines that never overflow |
 //!
 //! ## Known problems
 //!
@@ -118,6 +119,7 @@ pub mod protocol;
 pub mod record;
 pub mod safepath;
 pub mod state;
+pub mod time;
 pub mod wait;
 
 pub use id::TaskId;

@@ -112,6 +112,52 @@ fn rewrite_in_place(mut f: std::fs::File, bytes: &[u8]) -> std::io::Result<()> {
     f.set_len(bytes.len() as u64)
 }
 
+/// [`beat`], recreating the pulse's directory when someone removed it.
+fn beat_again(path: &Path, seq: u64) -> Result<(), AtomicError> {
+    match beat(path, seq) {
+        Err(_) if path.parent().is_some_and(|d| !d.exists()) => {
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            beat(path, seq)
+        }
+        other => other,
+    }
+}
+
+/// [`beat_beneath`], recreating the pulse's directory (on the volume,
+/// never through a link) when someone removed it.
+fn beat_again_beneath(root: &Beneath, path: &Path, seq: u64) -> Result<(), AtomicError> {
+    match beat_beneath(root, path, seq) {
+        Err(_) if path.parent().is_some_and(|d| !root.is_dir(d)) => {
+            if let Some(dir) = path.parent() {
+                let _ = root
+                    .parent(dir)
+                    .and_then(|(parent, name)| parent.mkdir(name, 0o755));
+            }
+            beat_beneath(root, path, seq)
+        }
+        other => other,
+    }
+}
+
+/// Logs a failed beat once, not at every interval, and its recovery;
+/// whether beating is failing now.
+fn report(result: Result<(), AtomicError>, failing: bool) -> bool {
+    match result {
+        Ok(()) if failing => {
+            tracing::info!("heartbeat written again");
+            false
+        }
+        Ok(()) => false,
+        Err(e) if !failing => {
+            tracing::warn!("{e} (retried at every beat; logged again once it recovers)");
+            true
+        }
+        Err(_) => true,
+    }
+}
+
 /// A thread that beats at `interval` until dropped.
 #[derive(Debug)]
 pub struct Beater {
@@ -124,7 +170,7 @@ impl Beater {
     /// `interval` in a background thread. Errors after the first are logged
     /// and retried: a momentarily full volume must not kill liveness.
     pub fn start(path: PathBuf, interval: Duration) -> Result<Self, AtomicError> {
-        Self::start_with(move |seq| beat(&path, seq), interval)
+        Self::start_with(move |seq| beat_again(&path, seq), interval)
     }
 
     /// [`Beater::start`] for a pulse on the volume `root`, written through
@@ -134,7 +180,7 @@ impl Beater {
         path: PathBuf,
         interval: Duration,
     ) -> Result<Self, AtomicError> {
-        Self::start_with(move |seq| beat_beneath(&root, &path, seq), interval)
+        Self::start_with(move |seq| beat_again_beneath(&root, &path, seq), interval)
     }
 
     fn start_with(
@@ -148,14 +194,13 @@ impl Beater {
             .name("sidecar-beat".into())
             .spawn(move || {
                 let mut seq = 1;
+                let mut failing = false;
                 while !s.load(Ordering::SeqCst) {
                     std::thread::park_timeout(interval);
                     if s.load(Ordering::SeqCst) {
                         break;
                     }
-                    if let Err(e) = beat(seq) {
-                        tracing::warn!("{e}");
-                    }
+                    failing = report(beat(seq), failing);
                     seq += 1;
                 }
             })

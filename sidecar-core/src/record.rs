@@ -57,6 +57,14 @@ pub enum RecordError {
     /// Refused on the way there: a link, or not a regular file.
     #[error(transparent)]
     Path(#[from] PathError),
+    /// Valid JSON, but not an object (`[]`, `3`, `"x"`): serde would read
+    /// an array as a struct's fields in order.
+    #[error("{path}: {what} must be a JSON object {{...}}, not {found}")]
+    NotAnObject {
+        path: PathBuf,
+        what: &'static str,
+        found: &'static str,
+    },
 }
 
 /// A point in time, written as RFC 3339 UTC with microseconds.
@@ -398,10 +406,26 @@ fn parse_json<T: serde::de::DeserializeOwned>(
             bytes: bytes.len() as u64,
         });
     }
-    serde_json::from_slice(bytes).map_err(|source| RecordError::Malformed {
+    let malformed = |source| RecordError::Malformed {
         path: path.to_owned(),
         what,
         source,
+    };
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(malformed)?;
+    let found = match &value {
+        serde_json::Value::Object(_) => {
+            return <T as serde::Deserialize>::deserialize(value).map_err(malformed)
+        }
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Null => "null",
+    };
+    Err(RecordError::NotAnObject {
+        path: path.to_owned(),
+        what,
+        found,
     })
 }
 

@@ -481,7 +481,7 @@ impl Watch {
     /// sleeps in `poll(2)`); the others sleep until the generation changes
     /// or the reader hands over.
     pub fn wait_changed(&self, seen: u64, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::time::deadline_after(Instant::now(), timeout);
         loop {
             self.drain();
             let handovers = {
@@ -582,7 +582,7 @@ impl Watch {
     /// Resolves when the generation differs from `seen` (an event since it
     /// was read), or after `timeout`.
     pub async fn wait_changed_async(&self, seen: u64, timeout: Duration) {
-        let until = tokio::time::Instant::now() + timeout;
+        let until = crate::time::tokio_deadline_after(tokio::time::Instant::now(), timeout);
         loop {
             let notified = self.shared.notify.notified();
             tokio::pin!(notified);
@@ -667,7 +667,7 @@ pub fn probe_events(dir: &Path, timeout: Duration) -> Result<bool, WaitError> {
     if std::fs::write(&probe, b"").is_err() {
         return Ok(false);
     }
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::time::deadline_after(Instant::now(), timeout);
     while watch.generation() == seen && Instant::now() < deadline {
         watch.wait_changed(seen, deadline.saturating_duration_since(Instant::now()));
     }

@@ -2,6 +2,7 @@
 
 use std::ffi::OsStr;
 use std::fmt;
+use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -70,10 +71,12 @@ pub async fn run(_ctx: &Ctx, args: &CheckArgs) -> End {
     }
     let fails = report.iter().filter(|f| f.level == Level::Fail).count();
     let warns = report.iter().filter(|f| f.level == Level::Warn).count();
+    // A closed or broken stdout must not turn the verdict into a panic.
+    let mut out = std::io::stdout().lock();
     for f in &report {
-        println!("{:<4} {}: {}", f.level, f.what, f.detail);
+        let _ = writeln!(out, "{:<4} {}: {}", f.level, f.what, f.detail);
     }
-    println!("check: {fails} FAIL, {warns} warn");
+    let _ = writeln!(out, "check: {fails} FAIL, {warns} warn");
     if fails > 0 {
         End::CheckFailed
     } else {

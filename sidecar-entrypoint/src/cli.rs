@@ -89,23 +89,23 @@ pub struct RunArgs {
     #[arg(long = "init-script", value_name = "PATH")]
     pub init_scripts: Vec<PathBuf>,
     /// Per-task time limit (a task spec's timeout_ms takes precedence).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = sidecar_core::time::parse_duration)]
     pub timeout: Option<Duration>,
     /// Time between SIGTERM and SIGKILL.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = sidecar_core::time::parse_duration, default_value = "10s")]
     pub grace: Duration,
     /// Polling interval of the fallback (and of --watch poll).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "20ms")]
+    #[arg(long, value_parser = sidecar_core::time::parse_duration, default_value = "20ms")]
     pub poll: Duration,
     #[arg(long, value_enum, default_value = "auto")]
     pub watch: WatchKind,
     #[arg(long = "log-format", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// serve: interval of sidecar/heartbeat refreshes.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms")]
+    #[arg(long, value_parser = sidecar_core::time::parse_duration, default_value = "500ms")]
     pub heartbeat: Duration,
     /// serve: executor/lease staleness bound (monitored once the lease exists).
-    #[arg(long = "lease-timeout", value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long = "lease-timeout", value_parser = sidecar_core::time::parse_duration, default_value = "10s")]
     pub lease_timeout: Duration,
     /// serve: exit 0, after cancelling the running tasks, once the executor
     /// side is gone: its lease is stale, or no executor-side user holds
@@ -137,7 +137,7 @@ pub struct ProbeArgs {
     pub volume: Option<PathBuf>,
     /// The oldest heartbeat that counts as fresh (the sidecar beats every
     /// --heartbeat, 500ms by default).
-    #[arg(long = "max-age", value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "5s")]
+    #[arg(long = "max-age", value_name = "DURATION", value_parser = sidecar_core::time::parse_duration, default_value = "5s")]
     pub max_age: Duration,
 }
 
@@ -146,10 +146,9 @@ impl RunArgs {
     /// default), which must already exist: both modes serve one that the
     /// platform mounted, never one they made up.
     pub fn existing_volume(&self) -> anyhow::Result<sidecar_core::Volume> {
-        // Absolute once, here: the logic runs in another directory, and
-        // every path handed to it must still name the volume.
-        let given = sidecar_core::layout::resolve_volume(self.volume.as_deref());
-        let volume = sidecar_core::Volume::new(std::path::absolute(&given).unwrap_or(given));
+        // Absolute (Volume::new): the logic runs in another directory.
+        let volume =
+            sidecar_core::Volume::new(sidecar_core::layout::resolve_volume(self.volume.as_deref()));
         anyhow::ensure!(
             volume.root().is_dir(),
             "the volume {} does not exist or is not a directory (use --volume, $SIDECAR_VOLUME or $SHARED_DIR)",

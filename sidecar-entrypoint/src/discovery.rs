@@ -30,6 +30,16 @@ use sidecar_core::TaskId;
 /// again, to see whether the owner died.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// How much of a task directory a look covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Look {
+    /// The flags, and the owner of a staged directory.
+    Full,
+    /// A rescan of all of `tasks/`: the flags; the owner only of a
+    /// directory not yet known to be staged.
+    Rescan,
+}
+
 /// What discovery knows of the task directories.
 #[derive(Debug, Default)]
 pub struct Discovery {
@@ -63,7 +73,7 @@ impl Discovery {
             }
         };
         for (name, _) in entries {
-            self.consider(volume, watch, &name, ready);
+            self.consider(volume, watch, &name, Look::Rescan, ready);
         }
     }
 
@@ -89,7 +99,7 @@ impl Discovery {
                 continue;
             };
             if looked.insert(task.clone()) {
-                self.consider(volume, watch, &task, ready);
+                self.consider(volume, watch, &task, Look::Full, ready);
             }
         }
     }
@@ -103,7 +113,7 @@ impl Discovery {
         self.swept = Some(Instant::now());
         let staged: Vec<TaskId> = self.staged.drain().collect();
         for id in staged {
-            self.consider(volume, watch, OsStr::new(id.as_str()), ready);
+            self.consider(volume, watch, OsStr::new(id.as_str()), Look::Full, ready);
         }
     }
 
@@ -115,6 +125,7 @@ impl Discovery {
         volume: &Volume,
         watch: &Watch,
         name: &OsStr,
+        look: Look,
         ready: &mut impl FnMut(TaskDir),
     ) {
         let Some(id) = self.task_id(volume, name) else {
@@ -122,7 +133,7 @@ impl Discovery {
         };
         let task = volume.task(&id);
         let beneath = volume.beneath();
-        self.staged.remove(&id);
+        let known_staged = self.staged.remove(&id);
         if !beneath.is_dir(task.root()) {
             self.watched.remove(&id);
             return;
@@ -137,6 +148,12 @@ impl Discovery {
         }
         if beneath.exists(&task.start_flag()) || beneath.exists(&task.close_flag()) {
             return ready(task);
+        }
+        if look == Look::Rescan && known_staged {
+            // Its owner is the sweep's to look at: a polling watch rescans
+            // every tick, which must not cost a lock probe per directory.
+            self.staged.insert(id);
+            return;
         }
         match OwnerProbe::open(&task).map(|o| o.gone()) {
             Some(true) => {
@@ -169,5 +186,38 @@ impl Discovery {
             tracing::warn!("skipping {path:?}: {why}");
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sidecar_core::owner::OwnerLock;
+    use sidecar_core::wait::WatchConfig;
+
+    /// A staged task whose owner dies is removed by the sweep (a released
+    /// lock makes no event); rescans, which a polling watch makes every
+    /// tick, leave a known-staged directory's owner to the sweep.
+    #[test]
+    fn the_sweep_removes_a_staged_task_whose_owner_died() {
+        let dir = tempfile::tempdir().unwrap();
+        let volume = Volume::new(dir.path());
+        let task = volume.task(&TaskId::new("half").unwrap());
+        std::fs::create_dir_all(task.input()).unwrap();
+        let lock = OwnerLock::claim(&task).unwrap();
+        let watch = Watch::new(WatchConfig::default()).unwrap();
+        let mut d = Discovery::default();
+        let mut started = Vec::new();
+        let mut ready = |t: TaskDir| started.push(t);
+        d.scan(&volume, &watch, &mut ready);
+        d.sweep(&volume, &watch, &mut ready);
+        assert!(task.root().is_dir(), "removed while its owner lived");
+        drop(lock);
+        d.scan(&volume, &watch, &mut ready);
+        assert!(task.root().is_dir(), "a rescan probed a known owner");
+        d.swept = None;
+        d.sweep(&volume, &watch, &mut ready);
+        assert!(!task.root().exists(), "the sweep missed the dead owner");
+        assert!(started.is_empty());
     }
 }

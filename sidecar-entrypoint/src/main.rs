@@ -56,7 +56,10 @@
 //! process group with `setpgid` (never `setsid`: seccomp profiles such as
 //! Foundry's kill it).
 //!
-//! On SIGTERM or SIGINT it forwards the signal to every running logic's
+//! On SIGTERM or SIGINT (or any other signal whose default would end it
+//! and that it may catch: SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, the
+//! real-time signals, ...; see [`supervisor::stop_signals`]) it forwards the
+//! signal (SIGTERM for the ones that do not mean "stop") to every running logic's
 //! process group, sends SIGKILL after `--grace`, records the outcome
 //! (`done_flag` with status `cancelled`, the reason naming the signal), kills
 //! every remaining descendant (found through `/proc`), and exits 128+signal.
@@ -84,6 +87,7 @@
 //! | `supervisor` | every child process: spawn in its own group, the one reaper, TERM/grace/KILL, killing descendants |
 //! | `task_env` | what a serve task's logic is given: its environment, which staged file is its input |
 //! | `output` | timestamped log lines, stderr tails |
+//! | `log` | the entrypoint's own log: a queue to one writer thread, so logging never panics or blocks |
 //! | `init` | `--init-script` |
 //! | `check` | `check`: the image and runtime validated |
 //! | `probe` | `probe`: ready and heartbeat fresh, for Kubernetes exec probes (see its docs for what "fresh" means) |
@@ -146,6 +150,7 @@ mod check;
 mod cli;
 mod discovery;
 mod init;
+mod log;
 mod oneshot;
 mod output;
 mod probe;
@@ -244,7 +249,7 @@ pub fn exit_code(end: &End) -> u8 {
 #[derive(Debug, Clone)]
 pub struct Ctx {
     pub sup: Supervisor,
-    /// Set to the signal number when SIGTERM or SIGINT arrives.
+    /// Set to the signal number when a stop signal arrives.
     pub shutdown: watch::Receiver<Option<i32>>,
     /// Raised at the same time, with the reason naming the signal: ends the
     /// protocol's waits.
@@ -285,8 +290,7 @@ impl Ctx {
                 "the sidecar entrypoint received {}",
                 supervisor::signal_name(s)
             ),
-            signal: nix::sys::signal::Signal::try_from(s)
-                .unwrap_or(nix::sys::signal::Signal::SIGTERM),
+            signal: supervisor::forwarded(s),
         }
     }
 
@@ -303,10 +307,10 @@ fn become_subreaper() {
     // SAFETY: prctl with integer arguments only.
     let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     if r != 0 {
-        eprintln!(
-            "sidecar-entrypoint: warning: cannot become a child subreaper ({}); orphans of the logic will not be reaped by us",
+        log::plain(&format!(
+            "warning: cannot become a child subreaper ({}); orphans of the logic will not be reaped by us",
             std::io::Error::last_os_error()
-        );
+        ));
     }
 }
 
@@ -317,7 +321,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(log::Writer)
         .with_ansi(false);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -326,6 +330,8 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    log::ensure_std_fds();
+    log::start();
     become_subreaper();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -351,13 +357,14 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("sidecar-entrypoint: cannot start the runtime: {e}");
+            log::plain(&format!("cannot start the runtime: {e}"));
+            log::flush(Duration::from_secs(1));
             return ExitCode::from(exit_code(&End::Internal(e.into())));
         }
     };
     let end = rt.block_on(run(cli));
     match &end {
-        End::Usage(msg) => eprintln!("sidecar-entrypoint: {msg}"),
+        End::Usage(msg) => log::plain(msg),
         End::InitFailed(e) | End::Internal(e) => tracing::error!("{e:#}"),
         _ => {}
     }
@@ -365,6 +372,7 @@ fn main() -> ExitCode {
     tracing::debug!(?end, code, "exiting");
     // Do not wait for blocked threads (a stuck output pump, the watcher).
     rt.shutdown_timeout(Duration::from_millis(100));
+    log::flush(Duration::from_secs(1));
     ExitCode::from(code)
 }
 
@@ -374,11 +382,16 @@ async fn run(cli: Cli) -> End {
     let (tx, rx) = watch::channel(None);
     let (stop_tx, stop) = Stop::new();
     let stop_tx = std::sync::Arc::new(stop_tx);
-    for kind in [
-        tokio::signal::unix::SignalKind::terminate(),
-        tokio::signal::unix::SignalKind::interrupt(),
-        tokio::signal::unix::SignalKind::hangup(),
-    ] {
+    // SIGXFSZ would kill us when a write passes a file size limit: caught
+    // and dropped, the write fails with EFBIG instead, as SIGPIPE's with
+    // EPIPE. (Caught, not ignored: the logic gets the default back at exec.)
+    if let Err(e) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ))
+    {
+        tracing::warn!("cannot handle SIGXFSZ: {e}");
+    }
+    for raw in supervisor::stop_signals() {
+        let kind = tokio::signal::unix::SignalKind::from_raw(raw);
         match tokio::signal::unix::signal(kind) {
             Ok(mut s) => {
                 let (tx, stop_tx) = (tx.clone(), std::sync::Arc::clone(&stop_tx));

@@ -42,6 +42,7 @@ pub async fn run(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> End {
 async fn run_inner(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> anyhow::Result<End> {
     let volume = args.existing_volume()?;
     let root = volume.root().to_owned();
+    clear_stale_flags(&volume)?;
     let env = vec![(OsString::from("SHARED_DIR"), root.clone().into_os_string())];
     if let Err(e) = crate::init::run_all(ctx, &args.init_scripts, &env).await {
         return Ok(End::InitFailed(e.into()));
@@ -69,10 +70,30 @@ async fn run_inner(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> anyhow::Resul
             End::Success
         }
         Finish::Done { outcome, cause } => {
-            tracing::info!(status = %outcome.status, "oneshot: closed");
+            let status = flags.written_status().unwrap_or(outcome.status);
+            tracing::info!(%status, "oneshot: closed");
             end_of(cause)
         }
     })
+}
+
+/// Removes a `done_flag` and `close_flag` an earlier run left: while this
+/// run waits for its start flag, an executor must not read the last run's
+/// outcome as this one's, nor this run take the old close flag as its own.
+/// (A waiting `start_flag` stays: the executor may have raised it first.)
+fn clear_stale_flags(volume: &sidecar_core::Volume) -> anyhow::Result<()> {
+    for path in [volume.done_flag(), volume.close_flag()] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!("removed {} left by an earlier run", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot remove {} left by an earlier run", path.display())
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How the entrypoint ends after its one task.
@@ -112,6 +133,10 @@ impl OneshotRunner<'_> {
     }
 
     fn start(&self, spec: &TaskSpec) -> Result<Running, Reject> {
+        let spec_env = crate::task_env::spec_env(spec).map_err(|why| Reject::Refused {
+            path: self.root.join(sidecar_core::layout::START_FLAG),
+            why,
+        })?;
         let logfile = self.root.join(sidecar_core::layout::LOGFILE);
         let (reader, writer) = std::io::pipe().map_err(Self::setup_error(logfile.clone()))?;
         let writer2 = writer
@@ -127,9 +152,7 @@ impl OneshotRunner<'_> {
         s.cwd = Some(self.root.clone());
         s.env
             .push(("SHARED_DIR".into(), self.root.as_os_str().to_owned()));
-        for (k, v) in &spec.env {
-            s.env.push((k.into(), v.into()));
-        }
+        s.env.extend(spec_env);
         s.stdout = writer.into();
         s.stderr = writer2.into();
         // Spawn consumes the Spawn (and with it our write ends of the pipe).
@@ -174,7 +197,10 @@ impl Runner for OneshotRunner<'_> {
 
     async fn wait(&self, _task: &TaskId, spec: &TaskSpec, running: Running) -> Event<Running> {
         let limit = spec.timeout().or(self.timeout);
-        let deadline = limit.map(|l| (tokio::time::Instant::now() + l, l));
+        let deadline = limit.map(|l| {
+            let now = tokio::time::Instant::now();
+            (sidecar_core::time::tokio_deadline_after(now, l), l)
+        });
         let ended = running
             .child
             .supervise(deadline, self.ctx.shutdown_cancel(), self.ctx.grace)

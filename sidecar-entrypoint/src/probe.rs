@@ -31,6 +31,7 @@
 //! ([`read_flag_beneath`]), and starts no runtime: its latency is a few
 //! file reads.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -84,7 +85,9 @@ pub fn run(args: &ProbeArgs) -> End {
     let volume = Volume::new(resolve_volume(args.volume.as_deref()));
     match probe(&volume, SystemTime::now(), args.max_age) {
         Ok(h) => {
-            println!(
+            // A closed or broken stdout must not turn a verdict into a panic.
+            let _ = writeln!(
+                std::io::stdout(),
                 "ready: pid {}, parallelism {}, heartbeat {} old",
                 h.pid,
                 h.parallelism,
@@ -93,7 +96,7 @@ pub fn run(args: &ProbeArgs) -> End {
             End::Success
         }
         Err(why) => {
-            eprintln!("sidecar-entrypoint probe: {why}");
+            let _ = writeln!(std::io::stderr(), "sidecar-entrypoint probe: {why}");
             End::Unhealthy
         }
     }

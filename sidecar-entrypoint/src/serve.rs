@@ -76,6 +76,10 @@ struct Server {
     pending: watch::Sender<usize>,
     /// Tasks being driven (by id).
     active: Mutex<HashSet<TaskId>>,
+    /// Set when a task's outcome could not be written even after its
+    /// files were freed: its executor would wait for it forever, so the
+    /// sidecar stops (and with it the heartbeat the executor watches).
+    lost: Mutex<Option<String>>,
 }
 
 async fn run_inner(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> anyhow::Result<End> {
@@ -148,6 +152,7 @@ async fn run_inner(ctx: &Ctx, args: &RunArgs, cmd: UserCommand) -> anyhow::Resul
         stop: sidecar_core::files::Stop::new().0,
         pending: watch::Sender::new(0),
         active: Mutex::new(HashSet::new()),
+        lost: Mutex::new(None),
     });
     let end = serve_loop(&server, args).await;
     drop(beater);
@@ -168,8 +173,16 @@ async fn serve_loop(server: &Arc<Server>, args: &RunArgs) -> End {
                 .stop
                 .raise(server.ctx.stop().reason().unwrap_or_default());
             tracing::info!("stopping: waiting for in-flight tasks to record their outcome");
-            let clean = wait_pending(server, Some(server.ctx.grace + SHUTDOWN_SLACK)).await;
+            let clean = wait_pending(
+                server,
+                Some(server.ctx.grace.saturating_add(SHUTDOWN_SLACK)),
+            )
+            .await;
             return End::stopped(sig, clean, args.exit_zero_on_sigterm);
+        }
+        let lost = lock(&server.lost).clone();
+        if let Some(why) = lost {
+            return outcome_lost(server, why).await;
         }
         if server.volume.close_flag().exists() {
             tracing::info!("close_flag: no new tasks; draining in-flight tasks");
@@ -186,7 +199,11 @@ async fn serve_loop(server: &Arc<Server>, args: &RunArgs) -> End {
             });
             if args.exit_on_orphan {
                 server.stop.raise(DRAINING);
-                wait_pending(server, Some(server.ctx.grace + SHUTDOWN_SLACK)).await;
+                wait_pending(
+                    server,
+                    Some(server.ctx.grace.saturating_add(SHUTDOWN_SLACK)),
+                )
+                .await;
                 tracing::info!("orphaned (--exit-on-orphan): exiting");
                 return End::Success;
             }
@@ -200,6 +217,27 @@ async fn serve_loop(server: &Arc<Server>, args: &RunArgs) -> End {
             _ = server.ctx.shutdown_signal() => {}
         }
     }
+}
+
+/// An outcome could not be written: no executor waiting on that task would
+/// ever learn it ended. Stops every task and ends the sidecar with the
+/// reason; its heartbeat stops with it, so every executor's liveness check
+/// ends its wait with a named error (`sidecar exited`, `unresponsive`).
+async fn outcome_lost(server: &Arc<Server>, why: String) -> End {
+    tracing::error!(
+        "{why}: stopping the sidecar, so that executors waiting on it fail instead of hanging"
+    );
+    server.abort.send_modify(|(epoch, r)| {
+        *epoch += 1;
+        *r = format!("the sidecar is stopping: {why}");
+    });
+    server.stop.raise(DRAINING);
+    wait_pending(
+        server,
+        Some(server.ctx.grace.saturating_add(SHUTDOWN_SLACK)),
+    )
+    .await;
+    End::Internal(anyhow::anyhow!(why))
 }
 
 /// Starts the driver of a task discovery found ready, unless it has one.
@@ -299,7 +337,13 @@ async fn drive_task(server: Arc<Server>, task: TaskDir) {
     match result {
         Ok(finish) => {
             let status = match &finish {
-                Finish::Done { outcome, .. } => outcome.status.to_string(),
+                // What the done flag says (a full disk may have made it
+                // `failed`), not what the protocol meant to write.
+                Finish::Done { outcome, .. } => parts
+                    .flags
+                    .written_status()
+                    .unwrap_or(outcome.status)
+                    .to_string(),
                 Finish::Abandoned => "abandoned".into(),
                 Finish::Resumed => "resumed".into(),
             };
@@ -453,7 +497,10 @@ impl Runner for TaskParts {
 
     async fn wait(&self, _task: &TaskId, spec: &TaskSpec, running: Running) -> Event<Running> {
         let limit = spec.timeout().or(self.server.timeout);
-        let deadline = limit.map(|l| (tokio::time::Instant::now() + l, l));
+        let deadline = limit.map(|l| {
+            let now = tokio::time::Instant::now();
+            (sidecar_core::time::tokio_deadline_after(now, l), l)
+        });
         let Running { child, _slot } = running;
         let ended = child
             .supervise(deadline, self.cancelled(), self.server.ctx.grace)
@@ -477,6 +524,10 @@ impl FlagWriter for TaskParts {
 
     fn write_done(&self, task: &TaskId, outcome: &Outcome) -> Result<(), ProtocolError> {
         let written = self.flags.write_done(task, outcome);
+        if let Err(e @ ProtocolError::Write { .. }) = &written {
+            // The main loop sees it within a tick.
+            lock(&self.server.lost).get_or_insert_with(|| format!("cannot record an outcome: {e}"));
+        }
         self.mark_done();
         written
     }

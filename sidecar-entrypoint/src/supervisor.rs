@@ -78,11 +78,51 @@ impl ExitInfo {
     }
 }
 
-/// `SIGTERM` for 15, and so on.
-pub fn signal_name(sig: i32) -> &'static str {
-    Signal::try_from(sig)
-        .map(Signal::as_str)
-        .unwrap_or("unknown signal")
+/// `SIGTERM` for 15, `SIGRTMIN+2` for a real-time signal, and so on.
+pub fn signal_name(sig: i32) -> String {
+    if let Ok(s) = Signal::try_from(sig) {
+        return s.as_str().to_owned();
+    }
+    if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&sig) {
+        return format!("SIGRTMIN+{}", sig - libc::SIGRTMIN());
+    }
+    "unknown signal".to_owned()
+}
+
+/// Every signal whose default action ends the process and that a process
+/// may catch, less the ones it cannot mean as a stop: SIGPIPE (a write to a
+/// closed pipe, an error to handle where it happens), SIGXFSZ (a file size
+/// limit, ignored so that the write fails with EFBIG instead) and the
+/// faults (SIGSEGV, SIGBUS, ...), which are synchronous. Each one stops the
+/// entrypoint as SIGTERM does: the outcome recorded, the logic stopped.
+pub fn stop_signals() -> Vec<i32> {
+    let mut sigs = vec![
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGALRM,
+        libc::SIGVTALRM,
+        libc::SIGPROF,
+        libc::SIGIO,
+        libc::SIGPWR,
+        libc::SIGSTKFLT,
+        libc::SIGXCPU,
+    ];
+    sigs.extend(libc::SIGRTMIN()..=libc::SIGRTMAX());
+    sigs
+}
+
+/// What the logic is sent when we are stopped by `sig`: the conventional
+/// stop signals are forwarded as they are; any other (SIGUSR1 asks `dd` for
+/// statistics, not to stop) becomes SIGTERM.
+pub fn forwarded(sig: i32) -> Signal {
+    match Signal::try_from(sig) {
+        Ok(s @ (Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP | Signal::SIGQUIT)) => s,
+        _ => Signal::SIGTERM,
+    }
 }
 
 /// What to run.
@@ -279,7 +319,7 @@ impl Supervisor {
     /// goes, until none is left or `limit` passes. Returns how many it killed.
     pub async fn kill_descendants(&self, limit: Duration) -> usize {
         let me = std::process::id() as i32;
-        let deadline = Instant::now() + limit;
+        let deadline = sidecar_core::time::tokio_deadline_after(Instant::now(), limit);
         let mut killed = 0;
         loop {
             for g in self.groups() {
@@ -382,7 +422,7 @@ impl Child {
             "stopping: {first} to the process group"
         );
         self.signal_group(first);
-        let until = Instant::now() + grace;
+        let until = sidecar_core::time::tokio_deadline_after(Instant::now(), grace);
         while self.group_alive() && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(20)).await;
             self.supervisor.reap();

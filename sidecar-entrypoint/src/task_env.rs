@@ -109,14 +109,22 @@ pub fn env(
     if let Some(input) = &resolved.input {
         env.push(("SIDECAR_INPUT".into(), path(input)));
     }
+    env.extend(spec_env(spec).map_err(|why| refused(task, why))?);
+    Ok(env)
+}
+
+/// The spec's own `env`, checked: a name that is empty, holds `=` or NUL,
+/// or is one the sidecar defines for the logic (`SIDECAR_*`,
+/// `SHARED_DIR`) is refused, named. Both modes use it.
+pub fn spec_env(spec: &TaskSpec) -> Result<Vec<(OsString, OsString)>, String> {
+    let mut env = Vec::with_capacity(spec.env.len());
     for (k, v) in &spec.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-            return Err(refused(task, format!("invalid environment variable {k:?}")));
+            return Err(format!("invalid environment variable {k:?}"));
         }
         if k.starts_with(RESERVED_PREFIX) || RESERVED.contains(&k.as_str()) {
-            return Err(refused(
-                task,
-                format!("its env may not set {k}: the sidecar defines it for the logic"),
+            return Err(format!(
+                "its env may not set {k}: the sidecar defines it for the logic"
             ));
         }
         env.push((k.into(), v.into()));

@@ -71,9 +71,13 @@ pub fn entrypoint() -> PathBuf {
     }
 }
 
-/// The `executor-shim` command line.
+/// The `executor-shim` command line (`$SIDECAR_SHIM` overrides: a build
+/// directory shared by several checkouts has one `target/debug/executor-shim`).
 pub fn shim() -> PathBuf {
-    bin("executor-shim")
+    match std::env::var_os("SIDECAR_SHIM").filter(|p| !p.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => bin("executor-shim"),
+    }
 }
 
 /// `(pid, command line)` of every live, non-zombie process other than this

@@ -581,6 +581,17 @@ fn full_disk_while_staging() {
             .unwrap_or_default();
         assert!(staged.is_empty(), "partial input left: {staged:?}");
     }
+    // Nor a task directory without a start flag, which a sidecar would
+    // look at again and again.
+    let left: Vec<_> = std::fs::read_dir(vol.join("tasks"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "half-staged task directories left: {left:?}"
+    );
     let got = shim_task(&sc, 3).expect("a small task after the failed staging");
     assert_eq!(got, common::batch(3, 7));
     sc.shutdown().unwrap();
@@ -650,4 +661,126 @@ esac"#,
     }
     assert_eq!(shim_task(&sc, 3).unwrap(), common::batch(3, 7));
     sc.shutdown().unwrap();
+}
+
+/// The logic fills the volume outside `output/` (a scratch file in its task
+/// directory) and exits 0: the outcome cannot be written until that
+/// scratch is freed. The sidecar frees it and writes a failed outcome
+/// naming the full disk, so an executor without a deadline still gets its
+/// answer; the sidecar goes on serving.
+#[test]
+fn full_disk_from_scratch_files_outside_output_still_ends_the_task() {
+    if !common::is_root() {
+        eprintln!("SKIPPED: bad_input: needs root to mount a tmpfs");
+        return;
+    }
+    let s = Scratch::new("fullscratch");
+    let vol = s.volume("v");
+    let Some(_m) = Tmpfs::mount(&vol, "1m") else {
+        return;
+    };
+    let logic = s.script(
+        "scratch.sh",
+        r#"if [ "$(wc -l < "$SIDECAR_INPUT")" -gt 5 ]; then head -c 4194304 /dev/zero > "$SIDECAR_TASK_DIR/scratch.tmp"; exit 0; fi
+cat "$SIDECAR_INPUT" > "$SIDECAR_OUTPUT""#,
+    );
+    let sc = shim_sidecar(&vol, &logic);
+    let (r, took) = common::within("full disk from scratch", DONE, move || {
+        let mut req = executor_shim::TaskRequest::new(1, 0);
+        req.input_format = sidecar_core::Format::Csv;
+        let r = common::run_batch(&sc, &req, common::batch(10, 7)).map(|_| ());
+        (r, sc)
+    });
+    let (r, sc) = r;
+    let e = r.expect_err("a task whose outcome could not be written succeeded");
+    let text = e.to_string();
+    assert!(
+        matches!(e, executor_shim::ShimError::TaskFailed { .. }),
+        "{text}"
+    );
+    assert!(text.contains("No space left on device"), "{text}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let got = shim_task(&sc, 3).expect("a small task after the full disk");
+    assert_eq!(got, common::batch(3, 7));
+    sc.shutdown().unwrap();
+}
+
+/// The outcome cannot be written at all, even after the task's files were
+/// freed (here the logic made its task directory read-only to the
+/// sidecar's user). The sidecar then stops, exit 70 with the reason
+/// logged, rather than beat on for an executor that would wait forever:
+/// the executor's liveness check ends its wait with a named error.
+#[test]
+fn an_outcome_that_cannot_be_written_stops_the_sidecar() {
+    use std::os::unix::process::CommandExt;
+    if !common::is_root() {
+        eprintln!("SKIPPED: bad_input: needs root to run the sidecar as another user");
+        return;
+    }
+    let s = Scratch::new("lostoutcome");
+    let vol = s.volume("v");
+    let logic = s.script("lock.sh", r#"chmod 0555 "$SIDECAR_TASK_DIR""#);
+    let mut cmd = common::serve_command(&vol, &SidecarArgs::default(), &[logic.to_str().unwrap()]);
+    cmd.uid(5001).gid(5001);
+    let mut sc = RawSidecar::spawn(cmd, &vol, s.path().join("v.log"));
+    sc.wait_ready(DONE);
+    let id = sidecar_core::TaskId::new("locked").unwrap();
+    let dir = sc.volume.task(&id);
+    std::fs::create_dir_all(dir.input()).unwrap();
+    for d in [dir.root(), &dir.input()] {
+        std::os::unix::fs::chown(d, Some(5001), Some(5001)).unwrap();
+    }
+    sidecar_core::atomic::touch_atomic(&dir.start_flag()).unwrap();
+    let status = sc.wait_exit(DONE);
+    assert_eq!(status.and_then(|s| s.code()), Some(70), "{}", sc.log());
+    assert!(
+        sc.log().contains("cannot record an outcome"),
+        "{}",
+        sc.log()
+    );
+    assert!(!dir.done_flag().exists());
+}
+
+/// After a full disk turned a succeeded outcome into a failed one, the
+/// sidecar's log says what the done flag says (`status=failed`), never the
+/// `succeeded` it meant to write.
+#[test]
+fn the_log_says_the_status_the_done_flag_holds_after_a_full_disk() {
+    if !common::is_root() {
+        eprintln!("SKIPPED: bad_input: needs root to mount a tmpfs");
+        return;
+    }
+    let s = Scratch::new("fulllog");
+    let vol = s.volume("v");
+    let Some(_m) = Tmpfs::mount(&vol, "1m") else {
+        return;
+    };
+    let logic = s.script(
+        "scratch.sh",
+        r#"head -c 4194304 /dev/zero > "$SIDECAR_TASK_DIR/scratch.tmp"; echo x > "$SIDECAR_OUTPUT"; exit 0"#,
+    );
+    let sc = RawSidecar::serve(&s, "v", &SidecarArgs::default(), &[logic.to_str().unwrap()]);
+    let t = RawTask::submit(
+        &sc.volume,
+        "scratchy",
+        br#"{"input":{"format":"csv"}}"#,
+        b"a\n",
+    );
+    let o = sc.done(&t, DONE);
+    assert_eq!(o.status, Status::Failed, "{o:?}");
+    t.close();
+    let closed = |log: &str| {
+        log.lines()
+            .find(|l| l.contains("task closed") && l.contains("scratchy"))
+            .map(str::to_owned)
+    };
+    assert!(
+        sidecar_test_support::wait_for(DONE, || closed(&sc.log()).is_some()),
+        "{}",
+        sc.log()
+    );
+    let log = sc.log();
+    let line = closed(&log).unwrap();
+    assert!(line.contains("status=\"failed\""), "{line}");
+    assert!(!log.contains("succeeded"), "{log}");
 }

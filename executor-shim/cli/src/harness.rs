@@ -140,7 +140,7 @@ pub struct HarnessArgs {
     pub stream: bool,
 
     /// Per-task time limit, e.g. `30s`, `5m`.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = sidecar_core::time::parse_duration)]
     pub timeout: Option<Duration>,
 
     /// Tasks each executor runs at once. Default: the sidecar's own default

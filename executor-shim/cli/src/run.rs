@@ -36,7 +36,7 @@ pub struct RunArgs {
     #[arg(long)]
     stream: bool,
     /// The task's deadline.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = sidecar_core::time::parse_duration)]
     timeout: Option<Duration>,
     /// The Spark partition (part of the task id).
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -57,7 +57,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "IMAGE")]
     image: Option<String>,
     /// How long to wait for the sidecar to be ready.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = sidecar_core::time::parse_duration)]
     ready_timeout: Duration,
     /// Require the output to have the input's columns and types (a
     /// mismatch names the column); otherwise the output's own schema is

@@ -88,7 +88,7 @@ pub(super) fn open_unlocked(path: &Path) -> Result<File, ShimError> {
 
 /// Takes `op` on `f`, retrying for up to `wait`.
 pub(super) fn flock(f: &File, op: i32, wait: Duration, path: &Path) -> Result<(), ShimError> {
-    let deadline = Instant::now() + wait;
+    let deadline = sidecar_core::time::deadline_after(Instant::now(), wait);
     loop {
         if try_flock(f, op | libc::LOCK_NB) {
             return Ok(());

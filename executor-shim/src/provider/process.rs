@@ -68,7 +68,7 @@ impl ChildProbe {
 
     /// Waits up to `timeout` for the child to exit.
     pub fn wait_exit(&self, timeout: Duration) -> Option<String> {
-        let deadline = Instant::now() + timeout;
+        let deadline = sidecar_core::time::deadline_after(Instant::now(), timeout);
         loop {
             if let Some(s) = self.exited() {
                 return Some(s);
@@ -101,7 +101,7 @@ impl ChildProbe {
         if exit.is_none() {
             tracing::warn!("the sidecar did not exit after the close flag; sending SIGTERM");
             self.signal(Signal::SIGTERM);
-            exit = self.wait_exit(grace + Duration::from_secs(5));
+            exit = self.wait_exit(grace.saturating_add(Duration::from_secs(5)));
         }
         if exit.is_none() {
             tracing::warn!("the sidecar ignored SIGTERM; sending SIGKILL");
@@ -174,7 +174,10 @@ pub(super) fn stop_pid(pid: u32, grace: Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
     for (sig, wait) in [
-        (Signal::SIGTERM, grace + Duration::from_secs(5)),
+        (
+            Signal::SIGTERM,
+            grace.saturating_add(Duration::from_secs(5)),
+        ),
         (Signal::SIGKILL, Duration::from_secs(5)),
     ] {
         if !alive() {
@@ -183,7 +186,7 @@ pub(super) fn stop_pid(pid: u32, grace: Duration) {
         if let Ok(p) = i32::try_from(pid) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig);
         }
-        let until = Instant::now() + wait;
+        let until = sidecar_core::time::deadline_after(Instant::now(), wait);
         while Instant::now() < until && alive() {
             std::thread::sleep(Duration::from_millis(20));
         }

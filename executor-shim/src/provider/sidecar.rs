@@ -130,7 +130,7 @@ impl Sidecar {
         if provider == Provider::Attach {
             return Self::attach(vol, watch, opts);
         }
-        let wait = opts.ready_timeout + Duration::from_secs(10);
+        let wait = opts.ready_timeout.saturating_add(Duration::from_secs(10));
         let start_lock = locks::lock_file(&vol.start_lock(), libc::LOCK_EX, wait)?;
         let users = locks::open_unlocked(&vol.users_lock())?;
         if let Some(ready) = live_sidecar(&vol, &opts, &users) {
@@ -605,7 +605,7 @@ fn live_sidecar(vol: &Volume, opts: &SidecarOptions, users: &File) -> Option<Rea
     let first = read_pulse_beneath(&beneath, &hb)?;
     // Judging a slow sidecar dead would start a second one on the volume:
     // give it the whole staleness bound (a live one beats much sooner).
-    let deadline = Instant::now() + opts.stale_after;
+    let deadline = sidecar_core::time::deadline_after(Instant::now(), opts.stale_after);
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(25));
         if read_pulse_beneath(&beneath, &hb).is_some_and(|now| now != first) {
