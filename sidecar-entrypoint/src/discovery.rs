@@ -43,8 +43,6 @@ enum Look {
 /// What discovery knows of the task directories.
 #[derive(Debug, Default)]
 pub struct Discovery {
-    /// Task directories with a watch of their own.
-    watched: HashSet<TaskId>,
     /// Staged (not started) task directories whose owner held its lock at
     /// the last look.
     staged: HashSet<TaskId>,
@@ -135,16 +133,15 @@ impl Discovery {
         let beneath = volume.beneath();
         let known_staged = self.staged.remove(&id);
         if !beneath.is_dir(task.root()) {
-            self.watched.remove(&id);
             return;
         }
-        if !self.watched.contains(&id) {
-            // Armed before the look below: nothing lands unseen.
-            if let Err(e) = watch.add(task.root()) {
-                tracing::debug!("{e}");
-                return;
-            }
-            self.watched.insert(id.clone());
+        // Armed before the look below: nothing lands unseen. Every look
+        // arms it (the kernel keeps one watch per directory): a directory
+        // removed and made again under the same name between two looks is
+        // a new directory that needs its own watch.
+        if let Err(e) = watch.add(task.root()) {
+            tracing::debug!("{e}");
+            return;
         }
         if beneath.exists(&task.start_flag()) || beneath.exists(&task.close_flag()) {
             return ready(task);
@@ -160,7 +157,6 @@ impl Discovery {
                 tracing::info!(task = %id, "the task's owner went away before it started; removing it");
                 // Through descriptors: a link is removed, never followed.
                 let _ = beneath.remove_all(task.root());
-                self.watched.remove(&id);
             }
             Some(false) => {
                 self.staged.insert(id);
@@ -194,6 +190,33 @@ mod tests {
     use super::*;
     use sidecar_core::owner::OwnerLock;
     use sidecar_core::wait::WatchConfig;
+
+    /// A task directory removed and made again under the same name (an
+    /// executor clearing a leftover of its own id) is a new directory: its
+    /// start flag must still be an event.
+    #[test]
+    fn a_directory_made_again_under_the_same_name_is_watched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let volume = Volume::new(dir.path());
+        let task = volume.task(&TaskId::new("again").unwrap());
+        std::fs::create_dir_all(task.root()).unwrap();
+        let watch = Watch::new(WatchConfig::default()).unwrap();
+        watch.add(&volume.tasks_dir()).unwrap();
+        watch.keep_journal();
+        let mut d = Discovery::default();
+        let mut ready = |_t: TaskDir| {};
+        d.scan(&volume, &watch, &mut ready);
+        std::fs::remove_dir_all(task.root()).unwrap();
+        std::fs::create_dir_all(task.root()).unwrap();
+        let changes = watch.take_changes();
+        d.update(&volume, &watch, changes, &mut ready);
+        std::fs::write(task.start_flag(), b"{}").unwrap();
+        let seen = watch.take_changes();
+        assert!(
+            seen.entries.iter().any(|(d, _)| d == task.root()),
+            "no event from the new directory: {seen:?}"
+        );
+    }
 
     /// A staged task whose owner dies is removed by the sweep (a released
     /// lock makes no event); rescans, which a polling watch makes every
