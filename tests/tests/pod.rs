@@ -605,16 +605,22 @@ fn the_native_sidecar_of_a_generated_template_runs_locked_down_beside_spark() {
         "{took:?}\n{logs}"
     );
 
-    // Nothing half-done: the one task left says how it ended.
+    // Nothing half-done (outcomes_left refuses a task directory without
+    // its outcome). The slow task's executor died just before the stop:
+    // either the sidecar saw its owner lock go first, cancelled the logic
+    // and reclaimed the directory, or the SIGTERM came first and the task
+    // says so.
     let left = outcomes_left(&volume);
-    assert_eq!(left.len(), 1, "{left:?}");
-    let (id, o) = left.iter().next().unwrap();
-    assert!(id.starts_with("p9-"), "{id}");
-    assert_eq!(o.status, Status::Cancelled, "{o:?}");
-    assert!(
-        o.reason.as_deref().unwrap_or("").contains("SIGTERM"),
-        "{o:?}"
-    );
+    assert!(left.len() <= 1, "{left:?}");
+    if let Some((id, o)) = left.iter().next() {
+        assert!(id.starts_with("p9-"), "{id}");
+        assert_eq!(o.status, Status::Cancelled, "{o:?}");
+        let reason = o.reason.as_deref().unwrap_or("");
+        assert!(
+            reason.contains("SIGTERM") || reason.contains("owner"),
+            "{o:?}"
+        );
+    }
     let leftovers = scratch.wait_no_leftovers(Duration::from_secs(5));
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
