@@ -310,12 +310,10 @@ impl FlagWriter for FileFlags {
             Ok(()) => return self.record(task, outcome),
             Err(e) => e,
         };
-        // Most likely a full volume: free what this task's logic wrote and
-        // say so in a smaller outcome, so the executor learns why instead
-        // of waiting for a done flag that never comes.
-        if let Some(out) = self.files.output() {
-            let _ = volume.remove_all(out);
-        }
+        // Most likely a full volume: free what this task's logic wrote
+        // (`output/` included) and say so in a smaller outcome, so the
+        // executor learns why instead of waiting for a done flag that never
+        // comes. Only a task directory of its own has anything to free.
         if self.files.owns_dir {
             free_scratch(volume, self.files.dir());
         }

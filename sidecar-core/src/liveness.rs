@@ -45,11 +45,8 @@ pub fn read_pulse(path: &Path) -> Option<Vec<u8>> {
 /// [`read_pulse`] of a pulse on the volume `root`, resolved from the root
 /// without following a link in any component (`sidecar/` included).
 pub fn read_pulse_beneath(root: &Beneath, path: &Path) -> Option<Vec<u8>> {
-    use std::io::Read;
     let file = root.open_regular(path).ok()?;
-    let mut buf = Vec::new();
-    file.take(MAX_PULSE_BYTES + 1).read_to_end(&mut buf).ok()?;
-    (buf.len() as u64 <= MAX_PULSE_BYTES).then_some(buf)
+    crate::record::read_bounded(file, MAX_PULSE_BYTES).ok()
 }
 
 /// Writes one pulse.

@@ -448,7 +448,13 @@ fn check_protocol(found: Option<u32>, path: &Path) -> Result<(), RecordError> {
 /// symlink and without blocking (a FIFO planted under a flag's name must not
 /// hang the reader), and anything but a regular file is refused.
 pub fn read_flag(path: &Path, what: &'static str) -> Result<Vec<u8>, RecordError> {
-    read_regular_bounded(path, MAX_FLAG_BYTES).map_err(|e| match e {
+    read_regular_bounded(path, MAX_FLAG_BYTES).map_err(|e| flag_error(path, what, e))
+}
+
+/// A failed bounded read of the flag at `path`, as the record error a
+/// user reads.
+fn flag_error(path: &Path, what: &'static str, e: BoundedReadError) -> RecordError {
+    match e {
         BoundedReadError::Io(source) => RecordError::Io {
             path: path.to_owned(),
             source,
@@ -458,7 +464,7 @@ pub fn read_flag(path: &Path, what: &'static str) -> Result<Vec<u8>, RecordError
             what,
             bytes,
         },
-    })
+    }
 }
 
 /// Why [`read_regular_bounded`] failed.
@@ -498,7 +504,7 @@ pub fn read_regular_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, BoundedR
 }
 
 /// Reads at most `limit` bytes of `file`; more is [`BoundedReadError::TooLarge`].
-fn read_bounded(file: std::fs::File, limit: u64) -> Result<Vec<u8>, BoundedReadError> {
+pub(crate) fn read_bounded(file: std::fs::File, limit: u64) -> Result<Vec<u8>, BoundedReadError> {
     use std::io::Read;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut buf = Vec::new();
@@ -527,17 +533,7 @@ pub fn read_flag_beneath(
         },
         other => RecordError::Path(other),
     })?;
-    read_bounded(file, MAX_FLAG_BYTES).map_err(|e| match e {
-        BoundedReadError::Io(source) => RecordError::Io {
-            path: path.to_owned(),
-            source,
-        },
-        BoundedReadError::TooLarge(bytes) => RecordError::Oversized {
-            path: path.to_owned(),
-            what,
-            bytes,
-        },
-    })
+    read_bounded(file, MAX_FLAG_BYTES).map_err(|e| flag_error(path, what, e))
 }
 
 #[cfg(test)]
