@@ -173,11 +173,7 @@ async fn serve_loop(server: &Arc<Server>, args: &RunArgs) -> End {
                 .stop
                 .raise(server.ctx.stop().reason().unwrap_or_default());
             tracing::info!("stopping: waiting for in-flight tasks to record their outcome");
-            let clean = wait_pending(
-                server,
-                Some(server.ctx.grace.saturating_add(SHUTDOWN_SLACK)),
-            )
-            .await;
+            let clean = wait_pending(server, stop_bound(server)).await;
             return End::stopped(sig, clean, args.exit_zero_on_sigterm);
         }
         let lost = lock(&server.lost).clone();
@@ -199,11 +195,7 @@ async fn serve_loop(server: &Arc<Server>, args: &RunArgs) -> End {
             });
             if args.exit_on_orphan {
                 server.stop.raise(DRAINING);
-                wait_pending(
-                    server,
-                    Some(server.ctx.grace.saturating_add(SHUTDOWN_SLACK)),
-                )
-                .await;
+                wait_pending(server, stop_bound(server)).await;
                 tracing::info!("orphaned (--exit-on-orphan): exiting");
                 return End::Success;
             }
@@ -232,11 +224,7 @@ async fn outcome_lost(server: &Arc<Server>, why: String) -> End {
         *r = format!("the sidecar is stopping: {why}");
     });
     server.stop.raise(DRAINING);
-    wait_pending(
-        server,
-        Some(server.ctx.grace.saturating_add(SHUTDOWN_SLACK)),
-    )
-    .await;
+    wait_pending(server, stop_bound(server)).await;
     End::Internal(anyhow::anyhow!(why))
 }
 
@@ -275,6 +263,12 @@ fn orphaned(server: &Server, args: &RunArgs, lease: &mut Option<Monitor>) -> Opt
             Liveness::Alive => None,
         },
     }
+}
+
+/// How long stopped tasks get to record their outcome: the logic's grace
+/// (TERM, then KILL), and slack for writing the done flag.
+fn stop_bound(server: &Server) -> Option<Duration> {
+    Some(server.ctx.grace.saturating_add(SHUTDOWN_SLACK))
 }
 
 /// Waits until every discovered task has written its done flag (or
