@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -30,57 +29,27 @@ type Behaviour = dyn Fn(&TaskDir) + Send + Sync;
 /// A fake sidecar: beats (unless told to stop) and answers every task with
 /// `behaviour`.
 struct Fake {
-    stop: Arc<AtomicBool>,
+    _sidecar: common::FakeSidecar,
     beating: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Fake {
     fn start(volume: &Volume, behaviour: Arc<Behaviour>) -> Self {
-        std::fs::create_dir_all(volume.sidecar_dir()).unwrap();
-        std::fs::create_dir_all(volume.tasks_dir()).unwrap();
-        sidecar_core::liveness::beat(&volume.heartbeat(), 0).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
         let beating = Arc::new(AtomicBool::new(true));
-        let (s, b, v) = (Arc::clone(&stop), Arc::clone(&beating), volume.clone());
-        let thread = std::thread::spawn(move || {
-            let mut seen = HashSet::new();
-            let mut seq = 1;
-            while !s.load(Ordering::SeqCst) {
-                // A planted FIFO stays planted (the hostile case below).
-                let fifo = std::fs::symlink_metadata(v.heartbeat())
-                    .map(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()))
-                    .unwrap_or(false);
-                if b.load(Ordering::SeqCst) && !fifo {
-                    let _ = sidecar_core::liveness::beat(&v.heartbeat(), seq);
-                    seq += 1;
-                }
-                for e in std::fs::read_dir(v.tasks_dir()).unwrap().flatten() {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    let Ok(id) = sidecar_core::TaskId::new(name.clone()) else {
-                        continue;
-                    };
-                    let t = v.task(&id);
-                    if t.start_flag().exists() && seen.insert(name) {
-                        behaviour(&t);
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(20));
+        let b = Arc::clone(&beating);
+        let beat = move |v: &Volume, seq| {
+            // A planted FIFO stays planted (the hostile case below).
+            let fifo = std::fs::symlink_metadata(v.heartbeat())
+                .map(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()))
+                .unwrap_or(false);
+            if b.load(Ordering::SeqCst) && !fifo {
+                let _ = sidecar_core::liveness::beat(&v.heartbeat(), seq);
             }
-        });
+        };
+        let answer = move |t: &TaskDir| behaviour(t);
         Self {
-            stop,
+            _sidecar: common::FakeSidecar::start(volume, beat, answer),
             beating,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }

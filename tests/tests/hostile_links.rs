@@ -13,12 +13,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -134,52 +133,11 @@ type Behaviour = dyn Fn(&TaskDir, &Canary) + Send + Sync;
 
 /// A hostile sidecar played by a thread: it beats (through whatever
 /// `sidecar/` is by then) and answers each task with a behaviour.
-struct Fake {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Fake {
-    fn start(volume: &Volume, canary: Canary, behaviour: Arc<Behaviour>) -> Self {
-        std::fs::create_dir_all(volume.sidecar_dir()).unwrap();
-        std::fs::create_dir_all(volume.tasks_dir()).unwrap();
-        sidecar_core::liveness::beat(&volume.heartbeat(), 0).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, v) = (Arc::clone(&stop), volume.clone());
-        let thread = std::thread::spawn(move || {
-            let mut seen = HashSet::new();
-            let mut seq = 1;
-            while !s.load(Ordering::SeqCst) {
-                let _ = sidecar_core::liveness::beat(&v.heartbeat(), seq);
-                seq += 1;
-                let tasks = std::fs::read_dir(v.tasks_dir()).into_iter().flatten();
-                for e in tasks.flatten() {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    let Ok(id) = TaskId::new(name.clone()) else {
-                        continue;
-                    };
-                    let t = v.task(&id);
-                    if t.start_flag().exists() && seen.insert(name) {
-                        behaviour(&t, &canary);
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+fn fake(volume: &Volume, canary: Canary, behaviour: Arc<Behaviour>) -> common::FakeSidecar {
+    let beat = |v: &Volume, seq| {
+        let _ = sidecar_core::liveness::beat(&v.heartbeat(), seq);
+    };
+    common::FakeSidecar::start(volume, beat, move |t: &TaskDir| behaviour(t, &canary))
 }
 
 /// What one task against the fake ended with.
@@ -200,7 +158,7 @@ fn run_against(name: &str, behaviour: Arc<Behaviour>) -> Ran {
     let probe = Canary {
         dir: canary.dir.clone(),
     };
-    let fake = Fake::start(&volume, canary, behaviour);
+    let fake = fake(&volume, canary, behaviour);
     std::thread::sleep(Duration::from_millis(50));
     let before = probe.snapshot();
     let v = volume.clone();

@@ -402,3 +402,61 @@ pub fn concat(
 ) -> arrow::array::RecordBatch {
     arrow::compute::concat_batches(schema, batches).unwrap()
 }
+
+/// A fake sidecar played by a thread, for tests where the sidecar is the
+/// hostile or broken side: every 20 ms it calls `beat` (the volume, the
+/// beat's sequence number) and answers each task whose start flag is there,
+/// once, with `answer`. Stopped and joined on drop.
+pub struct FakeSidecar {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeSidecar {
+    /// Makes `sidecar/` and `tasks/`, beats once, then runs the thread.
+    pub fn start(
+        volume: &Volume,
+        beat: impl Fn(&Volume, u64) + Send + 'static,
+        answer: impl Fn(&TaskDir) + Send + 'static,
+    ) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        std::fs::create_dir_all(volume.sidecar_dir()).unwrap();
+        std::fs::create_dir_all(volume.tasks_dir()).unwrap();
+        sidecar_core::liveness::beat(&volume.heartbeat(), 0).unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (s, v) = (std::sync::Arc::clone(&stop), volume.clone());
+        let thread = std::thread::spawn(move || {
+            let mut seen = std::collections::HashSet::new();
+            let mut seq = 1;
+            while !s.load(Ordering::SeqCst) {
+                beat(&v, seq);
+                seq += 1;
+                let tasks = std::fs::read_dir(v.tasks_dir()).into_iter().flatten();
+                for e in tasks.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let Ok(id) = TaskId::new(name.clone()) else {
+                        continue;
+                    };
+                    let t = v.task(&id);
+                    if t.start_flag().exists() && seen.insert(name) {
+                        answer(&t);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeSidecar {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
